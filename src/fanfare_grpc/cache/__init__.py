@@ -1,0 +1,1 @@
+"""Cache backends: in-process (embedded default) and Redis (shared by replicas)."""

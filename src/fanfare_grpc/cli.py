@@ -1,0 +1,134 @@
+"""``fanfare-grpc`` (also ``python -m fanfare_grpc``): one CLI for operators.
+
+Every option is also an environment variable: an option given on the command line
+simply overrides its ``FANFARE_*`` variable before settings are read once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from fanfare_grpc import errors
+from fanfare_grpc.app import Application, SchemaOutOfDate
+from fanfare_grpc.domain.organizations import create_organization
+from fanfare_grpc.logs import configure_logging
+from fanfare_grpc.server import ListenError, run_worker_process, serve
+from fanfare_grpc.settings import Settings, SettingsError
+from fanfare_grpc.storage import migrate
+
+# (option, environment variable, help)
+_COMMON_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("--data-dir", "FANFARE_DATA_DIR", "directory of the embedded defaults (default ./.fanfare)"),
+    ("--database-url", "FANFARE_DATABASE_URL", "SQLAlchemy URL (default: SQLite in the data dir)"),
+    ("--redis-url", "FANFARE_REDIS_URL", "Redis URL (default: in-process cache)"),
+    ("--log-level", "FANFARE_LOG_LEVEL", "debug, info, warning or error (default info)"),
+)
+_SERVER_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("--listen", "FANFARE_LISTEN", "host:port to listen on (default 127.0.0.1:50051)"),
+    ("--tls-cert", "FANFARE_TLS_CERT", "server certificate, PEM"),
+    ("--tls-key", "FANFARE_TLS_KEY", "server private key, PEM"),
+    ("--tls-client-ca", "FANFARE_TLS_CLIENT_CA", "CA bundle; requires client certificates"),
+    ("--shutdown-grace", "FANFARE_SHUTDOWN_GRACE_SECONDS", "seconds in-flight calls may finish"),
+)
+
+
+def _add_options(parser: argparse.ArgumentParser, options: Sequence[tuple[str, str, str]]) -> None:
+    for option, variable, help_text in options:
+        parser.add_argument(
+            option, dest=variable, metavar="VALUE", help=f"{help_text} [{variable}]"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(
+        prog="fanfare-grpc", description="Fanfare gRPC server and operator commands."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_parser = commands.add_parser("serve", help="run the server (and the background worker)")
+    _add_options(serve_parser, _COMMON_OPTIONS + _SERVER_OPTIONS)
+    serve_parser.add_argument(
+        "--no-worker", action="store_true", help="do not run background jobs in this process"
+    )
+
+    worker_parser = commands.add_parser("worker", help="run background jobs only")
+    _add_options(worker_parser, _COMMON_OPTIONS)
+
+    migrate_parser = commands.add_parser("migrate", help="bring the database schema up to date")
+    _add_options(migrate_parser, _COMMON_OPTIONS)
+
+    orgs_parser = commands.add_parser("orgs", help="manage organizations")
+    orgs_commands = orgs_parser.add_subparsers(dest="orgs_command", required=True)
+    create_parser = orgs_commands.add_parser("create", help="create an organization")
+    create_parser.add_argument("--name", required=True, help="display name (1-200 characters)")
+    create_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_options(create_parser, _COMMON_OPTIONS)
+    return parser
+
+
+def settings_from(arguments: argparse.Namespace, environ: dict[str, str]) -> Settings:
+    """Environment variables overridden by the options given on the command line."""
+    merged = dict(environ)
+    for key, value in vars(arguments).items():
+        if key.startswith("FANFARE_") and value is not None:
+            merged[key] = value
+    return Settings.from_env(merged)
+
+
+async def _migrate(settings: Settings) -> None:
+    application = Application.build(settings)
+    try:
+        await migrate.upgrade_to_head(application.database)
+        application.logger.info(
+            "database schema up to date", extra={"revision": migrate.head_revision()}
+        )
+    finally:
+        await application.close()
+
+
+async def _create_organization(settings: Settings, name: str, as_json: bool) -> None:
+    application = Application.build(settings)
+    try:
+        await application.check_schema()
+        organization = await create_organization(application.organizations, name)
+    finally:
+        await application.close()
+    if as_json:
+        print(json.dumps({"organization_id": organization.organization_id}))
+    else:
+        print(f"organization_id: {organization.organization_id}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fanfare-grpc`` console script."""
+    arguments = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(arguments, dict(os.environ))
+    except SettingsError as error:
+        print(f"fanfare-grpc: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        if arguments.command == "serve":
+            asyncio.run(serve(settings, run_worker=not arguments.no_worker))
+        elif arguments.command == "worker":
+            asyncio.run(run_worker_process(settings))
+        elif arguments.command == "migrate":
+            asyncio.run(_migrate(settings))
+        elif arguments.command == "orgs":
+            asyncio.run(_create_organization(settings, arguments.name, arguments.json))
+    except (SchemaOutOfDate, ListenError) as error:
+        print(f"fanfare-grpc: {error}", file=sys.stderr)
+        return 1
+    except errors.FanfareError as error:
+        print(f"fanfare-grpc: {error.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

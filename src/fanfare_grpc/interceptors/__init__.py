@@ -1,0 +1,1 @@
+"""Server interceptors: one cross-cutting concern per module, assembled in ``chain``."""

@@ -1,0 +1,216 @@
+"""The grpc.aio server: services, health, reflection, lifecycle and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from fanfare_grpc.app import Application
+from fanfare_grpc.health import ServingStatusMonitor
+from fanfare_grpc.interceptors.chain import build_interceptor_chain
+from fanfare_grpc.servicers import register_servicers
+from fanfare_grpc.settings import Settings
+from fanfare_grpc.worker import Worker, background_jobs
+
+# Without this, a second server could bind the same fixed port and share traffic.
+_SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+
+
+class ListenError(RuntimeError):
+    """The listen address could not be bound."""
+
+
+@dataclasses.dataclass
+class RunningServer:
+    """A started server and the background tasks that belong to it."""
+
+    application: Application
+    server: aio.Server
+    host: str
+    port: int
+    monitor: ServingStatusMonitor
+    _tasks: list[asyncio.Task[None]]
+    _worker_stop: asyncio.Event
+
+    @property
+    def address(self) -> str:
+        """``host:port`` clients can dial."""
+        return f"{self.host}:{self.port}"
+
+    async def shutdown(self, grace_seconds: float) -> None:
+        """Drain: health NOT_SERVING, refuse new calls, let in-flight calls finish."""
+        logger = self.application.logger
+        logger.info("draining", extra={"grace_seconds": grace_seconds})
+        await self.monitor.drain()
+        self._worker_stop.set()
+        await self.server.stop(grace_seconds)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.application.close()
+        logger.info("stopped")
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    root_certificates = (
+        Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    )
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=root_certificates,
+        require_client_auth=root_certificates is not None,
+    )
+
+
+async def start_server(
+    application: Application,
+    *,
+    run_worker: bool = True,
+    extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
+) -> RunningServer:
+    """Build, bind and start the server; returns once it accepts calls.
+
+    Args:
+        application: The composition root's dependencies.
+        run_worker: Also run the background jobs in this process.
+        extra_handlers: Additional generic handlers (embedding, tests).
+
+    Raises:
+        ListenError: The listen address is in use or invalid.
+        SchemaOutOfDate: The database is reachable but not migrated.
+    """
+    settings = application.settings
+    logger = application.logger
+    if await application.database.ping(settings.health_check_timeout_seconds):
+        await application.check_schema()
+    else:
+        logger.warning("database unreachable at startup; serving NOT_SERVING until it returns")
+
+    server = aio.server(
+        interceptors=build_interceptor_chain(logger, application.validator),
+        options=_SERVER_OPTIONS,
+    )
+    service_names = register_servicers(server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            *service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    if extra_handlers:
+        server.add_generic_rpc_handlers(tuple(extra_handlers))
+
+    host = settings.listen.rpartition(":")[0]
+    credentials = _server_credentials(settings)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
+    except RuntimeError as error:
+        raise ListenError(f"cannot listen on {settings.listen}") from error
+    if port == 0:
+        raise ListenError(f"cannot listen on {settings.listen}")
+
+    monitor = ServingStatusMonitor(
+        health,
+        service_names,
+        application.database,
+        application.cache,
+        logger,
+        interval_seconds=settings.health_check_interval_seconds,
+        timeout_seconds=settings.health_check_timeout_seconds,
+    )
+    await monitor.probe_once()
+    await server.start()
+
+    worker_stop = asyncio.Event()
+    tasks = [asyncio.create_task(monitor.run(), name="health-monitor")]
+    if run_worker:
+        worker = Worker(
+            background_jobs(), logger, stop_grace_seconds=settings.shutdown_grace_seconds
+        )
+        tasks.append(asyncio.create_task(worker.run(worker_stop), name="worker"))
+    running = RunningServer(application, server, host, port, monitor, tasks, worker_stop)
+    logger.info(
+        f"listening on {running.address}",
+        extra={"tls": credentials is not None, "mtls": settings.tls_client_ca is not None},
+    )
+    return running
+
+
+async def wait_for_stop_signal(signals: Sequence[signal.Signals]) -> signal.Signals:
+    """Return the first of ``signals`` the process receives."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(signum)
+
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await received
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+async def serve(
+    settings: Settings,
+    *,
+    run_worker: bool = True,
+    extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    application = Application.build(settings)
+    try:
+        running = await start_server(
+            application, run_worker=run_worker, extra_handlers=extra_handlers
+        )
+    except BaseException:
+        await application.close()
+        raise
+    received = await wait_for_stop_signal((signal.SIGTERM, signal.SIGINT))
+    application.logger.info("signal received", extra={"signal": received.name})
+    await running.shutdown(settings.shutdown_grace_seconds)
+
+
+async def run_worker_process(settings: Settings) -> None:
+    """``fanfare-grpc worker``: background jobs only, until SIGTERM or SIGINT."""
+    application = Application.build(settings)
+    stop = asyncio.Event()
+    try:
+        if await application.database.ping(settings.health_check_timeout_seconds):
+            await application.check_schema()
+        worker = Worker(
+            background_jobs(),
+            application.logger,
+            stop_grace_seconds=settings.shutdown_grace_seconds,
+        )
+        task = asyncio.create_task(worker.run(stop))
+        received = await wait_for_stop_signal((signal.SIGTERM, signal.SIGINT))
+        application.logger.info("signal received", extra={"signal": received.name})
+        stop.set()
+        await task
+    finally:
+        await application.close()

@@ -1,0 +1,59 @@
+"""Thin servicers: proto ↔ domain conversion only. Registration lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fanfare.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
+from fanfare.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from fanfare.queue.v1 import queue_service_pb2, queue_service_pb2_grpc
+from fanfare.session.v1 import session_service_pb2, session_service_pb2_grpc
+from fanfare.webhook.v1 import webhook_service_pb2, webhook_service_pb2_grpc
+from grpc import aio
+
+# Full names of the five product services, from the generated descriptors.
+SERVICE_NAMES: tuple[str, ...] = (
+    auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
+    queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
+    webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
+    audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+)
+
+
+# (registration function, servicer factory) per service. Each factory is the
+# generated base class until the issue that builds the service replaces it.
+_SERVICERS: tuple[tuple[Callable[[Any, aio.Server], None], Callable[[], Any]], ...] = (
+    (
+        auth_service_pb2_grpc.add_AuthServiceServicer_to_server,
+        auth_service_pb2_grpc.AuthServiceServicer,
+    ),
+    (
+        session_service_pb2_grpc.add_SessionServiceServicer_to_server,
+        session_service_pb2_grpc.SessionServiceServicer,
+    ),
+    (
+        queue_service_pb2_grpc.add_QueueServiceServicer_to_server,
+        queue_service_pb2_grpc.QueueServiceServicer,
+    ),
+    (
+        webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server,
+        webhook_service_pb2_grpc.WebhookServiceServicer,
+    ),
+    (
+        audit_service_pb2_grpc.add_AuditServiceServicer_to_server,
+        audit_service_pb2_grpc.AuditServiceServicer,
+    ),
+)
+
+
+def register_servicers(server: aio.Server) -> tuple[str, ...]:
+    """Add the five services; RPCs not built yet answer UNIMPLEMENTED.
+
+    The generated base classes answer every RPC with UNIMPLEMENTED until an issue
+    replaces them with an implementation.
+    """
+    for add_to_server, servicer in _SERVICERS:
+        add_to_server(servicer(), server)
+    return SERVICE_NAMES

@@ -1,0 +1,156 @@
+"""One frozen settings object, read once from ``FANFARE_*`` environment variables.
+
+The variable names and defaults are part of the operator contract (API.md); every
+command line option of ``fanfare-grpc`` maps onto one of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_LOG_LEVELS = {"debug", "info", "warning", "error", "critical"}
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the composition root needs to build the service.
+
+    Attributes:
+        listen: gRPC listen address ``host:port``; port 0 picks a free port.
+        data_dir: Directory for the embedded defaults (SQLite file, dev master key).
+        database_url: SQLAlchemy URL; ``None`` means SQLite in ``data_dir``.
+        redis_url: Redis URL; ``None`` means the in-process cache.
+        redis_key_prefix: Prefix of every Redis key of this deployment.
+        master_key: Base64 master key (secret; never printed).
+        master_keys_old: Retired master key versions, still accepted for reading.
+        tls_cert: Server certificate (PEM file); ``None`` serves plaintext.
+        tls_key: Server private key (PEM file).
+        tls_client_ca: CA bundle; when set, client certificates are required.
+        platform_principals: Certificate identities treated as platform principals.
+        allow_private_webhooks: Allow webhook targets on loopback/private networks.
+        webhook_ca_file: Extra CA bundle trusted for webhook HTTPS.
+        log_level: Minimum level of the JSON logs on stderr.
+        shutdown_grace_seconds: How long in-flight calls may run after SIGTERM.
+        health_check_interval_seconds: How often the database is probed for health.
+        health_check_timeout_seconds: A probe slower than this counts as a failure.
+    """
+
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path = Path(".fanfare")
+    database_url: str | None = None
+    redis_url: str | None = None
+    redis_key_prefix: str = "ff"
+    master_key: str | None = dataclasses.field(default=None, repr=False)
+    master_keys_old: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    platform_principals: tuple[str, ...] = ()
+    allow_private_webhooks: bool = False
+    webhook_ca_file: Path | None = None
+    log_level: str = "info"
+    shutdown_grace_seconds: float = 10.0
+    health_check_interval_seconds: float = 2.0
+    health_check_timeout_seconds: float = 2.0
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured URL, or the embedded SQLite file in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'fanfare.sqlite3').resolve()}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``FANFARE_*`` variables (``os.environ`` by default).
+
+        Raises:
+            SettingsError: A value cannot be parsed; the message names the variable.
+        """
+        env = os.environ if environ is None else environ
+
+        def text(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        def path(name: str) -> Path | None:
+            value = text(name)
+            return Path(value) if value else None
+
+        def flag(name: str, default: bool) -> bool:
+            value = env.get(name)
+            if value is None:
+                return default
+            lowered = value.strip().lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise SettingsError(f"{name} must be true or false")
+
+        def seconds(name: str, default: float) -> float:
+            value = text(name)
+            if value is None:
+                return default
+            try:
+                parsed = float(value)
+            except ValueError:
+                raise SettingsError(f"{name} must be a number of seconds") from None
+            if parsed <= 0:
+                raise SettingsError(f"{name} must be positive")
+            return parsed
+
+        def items(name: str) -> tuple[str, ...]:
+            return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+        defaults = cls()
+        listen = text("FANFARE_LISTEN") or defaults.listen
+        _check_listen_address(listen)
+        log_level = (text("FANFARE_LOG_LEVEL") or defaults.log_level).lower()
+        if log_level not in _LOG_LEVELS:
+            raise SettingsError(f"FANFARE_LOG_LEVEL must be one of {sorted(_LOG_LEVELS)}")
+        settings = cls(
+            listen=listen,
+            data_dir=path("FANFARE_DATA_DIR") or defaults.data_dir,
+            database_url=text("FANFARE_DATABASE_URL"),
+            redis_url=text("FANFARE_REDIS_URL"),
+            redis_key_prefix=text("FANFARE_REDIS_PREFIX") or defaults.redis_key_prefix,
+            master_key=text("FANFARE_MASTER_KEY"),
+            master_keys_old=items("FANFARE_MASTER_KEYS_OLD"),
+            tls_cert=path("FANFARE_TLS_CERT"),
+            tls_key=path("FANFARE_TLS_KEY"),
+            tls_client_ca=path("FANFARE_TLS_CLIENT_CA"),
+            platform_principals=items("FANFARE_PLATFORM_PRINCIPALS"),
+            allow_private_webhooks=flag("FANFARE_ALLOW_PRIVATE_WEBHOOKS", False),
+            webhook_ca_file=path("FANFARE_WEBHOOK_CA_FILE"),
+            log_level=log_level,
+            shutdown_grace_seconds=seconds(
+                "FANFARE_SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_seconds
+            ),
+            health_check_interval_seconds=seconds(
+                "FANFARE_HEALTH_CHECK_INTERVAL_SECONDS", defaults.health_check_interval_seconds
+            ),
+            health_check_timeout_seconds=seconds(
+                "FANFARE_HEALTH_CHECK_TIMEOUT_SECONDS", defaults.health_check_timeout_seconds
+            ),
+        )
+        if (settings.tls_cert is None) != (settings.tls_key is None):
+            raise SettingsError("FANFARE_TLS_CERT and FANFARE_TLS_KEY must be set together")
+        if settings.tls_client_ca is not None and settings.tls_cert is None:
+            raise SettingsError("FANFARE_TLS_CLIENT_CA needs FANFARE_TLS_CERT and FANFARE_TLS_KEY")
+        return settings
+
+
+def _check_listen_address(listen: str) -> None:
+    host, separator, port = listen.rpartition(":")
+    if not separator or not host or not port.isdigit() or int(port) > 65535:
+        raise SettingsError("FANFARE_LISTEN must look like host:port (port 0 picks a free one)")

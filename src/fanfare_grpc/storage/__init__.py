@@ -1,0 +1,1 @@
+"""Durable storage: SQLAlchemy 2 async on SQLite (embedded) or PostgreSQL."""

@@ -1,0 +1,88 @@
+"""Engine and session factory for one database URL, and its health probe."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, make_url, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+_ASYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite+aiosqlite"}
+
+
+def async_database_url(url: str) -> URL:
+    """Accept ``postgresql://`` and ``sqlite:///`` too: pick the async driver we ship.
+
+    Raises:
+        ValueError: The URL names a database we do not support.
+    """
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend not in _ASYNC_DRIVERS:
+        raise ValueError("FANFARE_DATABASE_URL must be a postgresql or sqlite URL")
+    if parsed.get_driver_name() in {"psycopg", "aiosqlite"}:
+        return parsed
+    return parsed.set(drivername=_ASYNC_DRIVERS[backend])
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine for ``url`` with settings fit for a long-running server."""
+    parsed = async_database_url(url)
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        options["connect_args"] = {"timeout": 30}
+        engine = create_async_engine(parsed, **options)
+        event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
+        return engine
+    options["connect_args"] = {"connect_timeout": 5}
+    options["pool_size"] = 10
+    options["max_overflow"] = 10
+    return create_async_engine(parsed, **options)
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the worker and the server read while the other writes; foreign
+    # keys are off by default in SQLite.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class Database:
+    """Owns the engine; hands out sessions; answers health probes."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> Database:
+        """Build the engine for ``url`` (no connection is made yet)."""
+        return cls(create_engine(url))
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    async def ping(self, timeout_seconds: float) -> bool:
+        """True if a trivial query succeeds within ``timeout_seconds``."""
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                async with self.engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+            return True
+        except (SQLAlchemyError, OSError, TimeoutError):
+            return False
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()

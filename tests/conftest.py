@@ -1,0 +1,82 @@
+"""Shared fixtures: settings for throwaway backends and in-process servers on port 0."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from fanfare_grpc.app import Application
+from fanfare_grpc.server import RunningServer, start_server
+from fanfare_grpc.settings import Settings
+from fanfare_grpc.storage import migrate
+from tests.backends import REDIS_URL, throwaway_postgres_database, throwaway_redis_prefix
+
+BACKENDS = ("embedded", "postgres+redis")
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSettings:
+    """Settings for one backend combination, pointing at throwaway resources."""
+
+    name: str
+    settings: Settings
+
+
+def embedded_settings(data_dir: Path) -> Settings:
+    """SQLite file + in-process cache: what ``make run`` uses."""
+    return Settings(
+        listen="127.0.0.1:0",
+        data_dir=data_dir,
+        health_check_interval_seconds=0.1,
+        shutdown_grace_seconds=5.0,
+    )
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """URL of a fresh, empty PostgreSQL database (dropped afterwards)."""
+    with throwaway_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A Redis key prefix nobody else uses (its keys are deleted afterwards)."""
+    with throwaway_redis_prefix() as prefix:
+        yield prefix
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BackendSettings]:
+    """Each backend combination in turn: embedded, then PostgreSQL + Redis."""
+    settings = embedded_settings(tmp_path / "data")
+    if request.param == "embedded":
+        yield BackendSettings("embedded", settings)
+        return
+    with throwaway_postgres_database() as url, throwaway_redis_prefix() as prefix:
+        yield BackendSettings(
+            "postgres+redis",
+            dataclasses.replace(
+                settings, database_url=url, redis_url=REDIS_URL, redis_key_prefix=prefix
+            ),
+        )
+
+
+async def start_migrated_server(settings: Settings, **options: object) -> RunningServer:
+    """Migrate the database, then start an in-process server on a free port."""
+    application = Application.build(settings)
+    await migrate.upgrade_to_head(application.database)
+    return await start_server(application, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def running_server(backend: BackendSettings) -> AsyncIterator[RunningServer]:
+    """A migrated server on each backend combination; always stopped afterwards."""
+    server = await start_migrated_server(backend.settings)
+    try:
+        yield server
+    finally:
+        await server.shutdown(grace_seconds=1.0)

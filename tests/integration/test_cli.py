@@ -1,0 +1,124 @@
+"""The ``fanfare-grpc`` command as operators run it, in real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+from tests.backends import REDIS_URL
+from tests.grpc_helpers import run_grpcurl
+from tests.processes import ServerProcess, process_env, run_cli
+
+
+async def test_migrate_is_idempotent(tmp_path: Path) -> None:
+    env = process_env(tmp_path)
+    for _ in range(2):
+        code, _, stderr = await run_cli("migrate", env=env)
+        assert code == 0, stderr
+    assert (tmp_path / "fanfare.sqlite3").is_file()
+
+
+async def test_orgs_create_json_prints_exactly_one_object(tmp_path: Path) -> None:
+    env = process_env(tmp_path)
+    assert (await run_cli("migrate", env=env))[0] == 0
+    code, stdout, stderr = await run_cli("orgs", "create", "--name", "Acme", "--json", env=env)
+    assert code == 0, stderr
+    created = json.loads(stdout)
+    assert created["organization_id"].startswith("org_")
+    code, stdout, _ = await run_cli("orgs", "create", "--name", "Acme", env=env)
+    assert code == 0
+    assert stdout.startswith("organization_id: org_")
+    assert created["organization_id"] not in stdout  # ids are random, never reused
+
+
+async def test_orgs_create_rejects_a_bad_name(tmp_path: Path) -> None:
+    env = process_env(tmp_path)
+    assert (await run_cli("migrate", env=env))[0] == 0
+    for name in ("", "   ", "x" * 201):
+        code, stdout, stderr = await run_cli("orgs", "create", "--name", name, "--json", env=env)
+        assert code == 1
+        assert stdout == ""
+        assert "invalid organization name" in stderr
+
+
+async def test_commands_refuse_an_unmigrated_database(tmp_path: Path) -> None:
+    env = process_env(tmp_path)
+    code, stdout, stderr = await run_cli("orgs", "create", "--name", "Acme", env=env)
+    assert code == 1 and stdout == ""
+    assert "fanfare-grpc migrate" in stderr
+    code, _, stderr = await run_cli("serve", env=env)
+    assert code == 1
+    assert "fanfare-grpc migrate" in stderr
+
+
+async def test_bad_configuration_is_reported_not_raised(tmp_path: Path) -> None:
+    env = process_env(tmp_path, {"FANFARE_LISTEN": "no-port-here"})
+    code, _, stderr = await run_cli("serve", env=env)
+    assert code == 2
+    assert "FANFARE_LISTEN" in stderr and "Traceback" not in stderr
+    code, _, stderr = await run_cli("serve", "--listen", "also-bad", env=process_env(tmp_path))
+    assert code == 2 and "FANFARE_LISTEN" in stderr
+
+
+async def test_serve_answers_grpcurl_and_stops_on_sigterm(tmp_path: Path) -> None:
+    env = process_env(tmp_path)
+    assert (await run_cli("migrate", env=env))[0] == 0
+    server = await ServerProcess.start(["fanfare_grpc", "serve"], env)
+    try:
+        address = await server.wait_listening()
+        code, stdout, stderr = await run_grpcurl("-plaintext", address, "list")
+        assert code == 0, stderr
+        assert "fanfare.queue.v1.QueueService" in stdout.split()
+        server.process.send_signal(signal.SIGTERM)
+        assert await server.wait_exit() == 0
+    finally:
+        await server.kill()
+    # Every log line is one JSON object.
+    assert all("raw" not in entry for entry in server.messages())
+
+
+async def test_serve_on_postgres_and_redis_from_the_environment(
+    tmp_path: Path, postgres_url: str, redis_prefix: str
+) -> None:
+    env = process_env(
+        tmp_path,
+        {
+            "FANFARE_DATABASE_URL": postgres_url,
+            "FANFARE_REDIS_URL": REDIS_URL,
+            "FANFARE_REDIS_PREFIX": redis_prefix,
+        },
+    )
+    code, _, stderr = await run_cli("migrate", env=env)
+    assert code == 0, stderr
+    server = await ServerProcess.start(["fanfare_grpc", "serve", "--no-worker"], env)
+    try:
+        address = await server.wait_listening()
+        code, stdout, stderr = await run_grpcurl(
+            "-plaintext", address, "grpc.health.v1.Health/Check"
+        )
+        assert code == 0, stderr
+        assert json.loads(stdout) == {"status": "SERVING"}
+        server.process.send_signal(signal.SIGINT)
+        assert await server.wait_exit() == 0
+    finally:
+        await server.kill()
+    assert not (tmp_path / "fanfare.sqlite3").exists()  # the SQLite default was not used
+
+
+async def test_worker_runs_until_sigterm(tmp_path: Path) -> None:
+    env = process_env(tmp_path)
+    assert (await run_cli("migrate", env=env))[0] == 0
+    worker = await ServerProcess.start(["fanfare_grpc", "worker"], env)
+    try:
+        for _ in range(200):
+            if any(entry.get("message") == "worker started" for entry in worker.messages()):
+                break
+            await asyncio.sleep(0.05)
+        worker.process.send_signal(signal.SIGTERM)
+        assert await worker.wait_exit() == 0
+    finally:
+        await worker.kill()
+    messages = [entry.get("message") for entry in worker.messages()]
+    assert "worker started" in messages and "worker stopped" in messages

@@ -1,0 +1,84 @@
+"""Health follows the database: NOT_SERVING while it is unreachable, SERVING again after."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import make_url
+
+from fanfare_grpc.server import RunningServer
+from fanfare_grpc.servicers import SERVICE_NAMES
+from tests.conftest import embedded_settings, start_migrated_server
+from tests.tcp_proxy import TcpProxy
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture
+async def proxy(postgres_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    url = make_url(postgres_url)
+    tcp_proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await tcp_proxy.start()
+    try:
+        yield (
+            tcp_proxy,
+            url.set(host="127.0.0.1", port=tcp_proxy.port).render_as_string(hide_password=False),
+        )
+    finally:
+        await tcp_proxy.close()
+
+
+async def _statuses(address: str) -> set[int]:
+    async with aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        return {
+            (await health.Check(health_pb2.HealthCheckRequest(service=service))).status
+            for service in ("", *SERVICE_NAMES)
+        }
+
+
+async def _wait_for(address: str, wanted: int, timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while await _statuses(address) != {wanted}:
+            await asyncio.sleep(0.05)
+
+
+async def test_health_tracks_database_reachability(
+    proxy: tuple[TcpProxy, str], tmp_path: Path
+) -> None:
+    tcp_proxy, proxied_url = proxy
+    settings = dataclasses.replace(
+        embedded_settings(tmp_path),
+        database_url=proxied_url,
+        health_check_interval_seconds=0.1,
+        health_check_timeout_seconds=1.0,
+    )
+    server: RunningServer = await start_migrated_server(settings)
+    try:
+        await _wait_for(server.address, SERVING)
+        tcp_proxy.cut()
+        await _wait_for(server.address, NOT_SERVING)
+        tcp_proxy.restore()
+        await _wait_for(server.address, SERVING)
+    finally:
+        await server.shutdown(grace_seconds=1.0)
+
+
+async def test_health_watch_sees_not_serving_when_draining(tmp_path: Path) -> None:
+    server = await start_migrated_server(embedded_settings(tmp_path))
+    async with aio.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await watch.read()
+        assert first.status == SERVING
+        shutdown = asyncio.create_task(server.shutdown(grace_seconds=2.0))
+        second = await asyncio.wait_for(watch.read(), timeout=5)
+        assert second.status == NOT_SERVING
+        await shutdown
