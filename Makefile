@@ -15,13 +15,13 @@ PROTO_FILES = $(shell cd protos && find fanfare -name '*.proto' | LC_ALL=C sort)
 PYTHON_PATHS := src tests tools
 PROTOC = PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc
 
-.PHONY: help venv run test gen lint fmt proto-image clean
+.PHONY: help venv run test gen lint breaking fmt proto-image clean
 
 help:
 	@echo "make run    create .venv, install, migrate, serve on the embedded defaults"
 	@echo "make test   create .venv if needed, run the whole test suite"
 	@echo "make gen    regenerate generated/ from protos/"
-	@echo "make lint   buf lint, ruff, mypy --strict"
+	@echo "make lint   buf lint + buf breaking (vs main), ruff, mypy --strict"
 	@echo "make fmt    ruff format + autofix"
 
 $(INSTALLED): pyproject.toml
@@ -64,11 +64,25 @@ proto-image: $(INSTALLED) $(VALIDATE_DESCRIPTOR)
 	$(PROTOC) -Iprotos --descriptor_set_in=$(VALIDATE_DESCRIPTOR) \
 		--include_imports --include_source_info -o $(PROTO_IMAGE) $(PROTO_FILES)
 
-lint: proto-image $(BUF)
+lint: proto-image $(BUF) breaking
 	$(BUF) lint $(PROTO_IMAGE) --path fanfare --config buf.yaml
 	$(VENV)/bin/ruff check $(PYTHON_PATHS)
 	$(VENV)/bin/ruff format --check $(PYTHON_PATHS)
 	$(VENV)/bin/mypy
+
+# buf breaking (FILE rules) of the working tree against the protos on $(BREAKING_AGAINST).
+BREAKING_AGAINST ?= main
+breaking: proto-image $(BUF)
+	@if git cat-file -e "$(BREAKING_AGAINST):protos" 2>/dev/null; then \
+		rm -rf build/against && mkdir -p build/against && \
+		git archive "$(BREAKING_AGAINST)" protos | tar -x -C build/against && \
+		$(PROTOC) -Ibuild/against/protos --descriptor_set_in=$(VALIDATE_DESCRIPTOR) \
+			--include_imports --include_source_info -o build/against.binpb \
+			$$(cd build/against/protos && find fanfare -name '*.proto' | LC_ALL=C sort) && \
+		$(BUF) breaking $(PROTO_IMAGE) --against build/against.binpb --path fanfare --config buf.yaml; \
+	else \
+		echo "buf breaking: no protos on $(BREAKING_AGAINST) to compare with"; \
+	fi
 
 fmt: $(INSTALLED)
 	$(VENV)/bin/ruff check --fix $(PYTHON_PATHS)
