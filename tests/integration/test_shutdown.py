@@ -14,11 +14,16 @@ from tests.fault_service import method
 from tests.processes import ServerProcess, process_env, run_cli
 
 
-async def test_call_in_flight_at_sigterm_completes(tmp_path: Path) -> None:
-    env = process_env(tmp_path, {"FANFARE_SHUTDOWN_GRACE_SECONDS": "10"})
+async def _start_fault_server(data_dir: Path, grace_seconds: str) -> ServerProcess:
+    """A migrated ``serve`` process (with the fault service) and its shutdown grace."""
+    env = process_env(data_dir, {"FANFARE_SHUTDOWN_GRACE_SECONDS": grace_seconds})
     code, _, stderr = await run_cli("migrate", env=env)
     assert code == 0, stderr
-    server = await ServerProcess.start(["tests.serve_with_faults"], env)
+    return await ServerProcess.start(["tests.serve_with_faults"], env)
+
+
+async def test_call_in_flight_at_sigterm_completes(tmp_path: Path) -> None:
+    server = await _start_fault_server(tmp_path, grace_seconds="10")
     try:
         address = await server.wait_listening()
         async with aio.insecure_channel(address) as channel:
@@ -41,10 +46,7 @@ async def test_call_in_flight_at_sigterm_completes(tmp_path: Path) -> None:
 
 
 async def test_calls_still_running_after_the_grace_period_are_cancelled(tmp_path: Path) -> None:
-    env = process_env(tmp_path, {"FANFARE_SHUTDOWN_GRACE_SECONDS": "0.5"})
-    code, _, stderr = await run_cli("migrate", env=env)
-    assert code == 0, stderr
-    server = await ServerProcess.start(["tests.serve_with_faults"], env)
+    server = await _start_fault_server(tmp_path, grace_seconds="0.5")
     try:
         address = await server.wait_listening()
         async with aio.insecure_channel(address) as channel:

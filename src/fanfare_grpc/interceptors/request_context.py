@@ -7,6 +7,7 @@ It sits outside authentication so that failures of every inner layer are mapped
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -52,19 +53,8 @@ class RequestContextInterceptor(BehaviourInterceptor):
         context: aio.ServicerContext[Any, Any],
         method: str,
     ) -> Any:
-        state = CallState(method=method)
-        state.add_response_header(REQUEST_ID_HEADER, state.request_id)
-        token = bind_call_state(state)
-        try:
+        async with self._call_scope(method, context):
             return await behaviour(request, context)
-        except _ALREADY_AN_OUTCOME:
-            raise
-        except Exception as error:
-            await self._abort_with(self._map(error, state), context, state)
-            raise  # unreachable: abort raises
-        finally:
-            self._log_outcome(state, context)
-            reset_call_state(token)
 
     async def around_stream(
         self,
@@ -73,12 +63,20 @@ class RequestContextInterceptor(BehaviourInterceptor):
         context: aio.ServicerContext[Any, Any],
         method: str,
     ) -> AsyncIterator[Any]:
+        async with self._call_scope(method, context):
+            async for response in behaviour(request, context):
+                yield response
+
+    @contextlib.asynccontextmanager
+    async def _call_scope(
+        self, method: str, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[CallState]:
+        """Binds a fresh call state; maps what escapes; logs the outcome."""
         state = CallState(method=method)
         state.add_response_header(REQUEST_ID_HEADER, state.request_id)
         token = bind_call_state(state)
         try:
-            async for response in behaviour(request, context):
-                yield response
+            yield state
         except _ALREADY_AN_OUTCOME:
             raise
         except Exception as error:
