@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
+import grpc
 import pytest
 
 from fanfare_grpc.app import Application
+from fanfare_grpc.domain.organizations import NewOrganization, create_organization
+from fanfare_grpc.permissions import PERMISSIONS, MethodPolicy
 from fanfare_grpc.server import RunningServer, start_server
 from fanfare_grpc.settings import Settings
 from fanfare_grpc.storage import migrate
@@ -65,11 +68,25 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BackendS
         )
 
 
-async def start_migrated_server(settings: Settings, **options: object) -> RunningServer:
+async def start_migrated_server(
+    settings: Settings,
+    *,
+    extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
+    permissions: Mapping[str, MethodPolicy] = PERMISSIONS,
+    run_worker: bool = True,
+) -> RunningServer:
     """Migrate the database, then start an in-process server on a free port."""
-    application = Application.build(settings)
-    await migrate.upgrade_to_head(application.database)
-    return await start_server(application, **options)  # type: ignore[arg-type]
+    await migrate.upgrade_to_head(settings.effective_database_url)
+    application = Application.build(settings, permissions=permissions)
+    return await start_server(application, extra_handlers=extra_handlers, run_worker=run_worker)
+
+
+async def new_organization(server: RunningServer, name: str = "Acme") -> NewOrganization:
+    """Create an organization (and its first ADMIN keys) directly through the domain."""
+    application = server.application
+    return await create_organization(
+        application.organizations, application.envelope, name, application.clock()
+    )
 
 
 @pytest.fixture

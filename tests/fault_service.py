@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from fanfare_grpc import errors
+from fanfare_grpc.permissions import PERMISSIONS, PUBLIC
 
 SERVICE = "fanfare.testing.v1.FaultService"
 LEAKY_TEXT = "password=hunter2 SELECT secret FROM api_keys"
@@ -64,6 +65,15 @@ def fault_handler() -> grpc.GenericRpcHandler:
     }
     handlers["CrashMidStream"] = grpc.unary_stream_rpc_method_handler(_crash_mid_stream)
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+FAULT_PERMISSIONS = {
+    **PERMISSIONS,
+    **{
+        f"/{SERVICE}/{name}": PUBLIC
+        for name in ("NotFound", "BadField", "Exhausted", "Crash", "Sleep", "CrashMidStream")
+    },
+}
 
 
 def method(name: str) -> str:

@@ -12,6 +12,11 @@ from grpc import aio
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
 
+def bearer(api_key: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata presenting ``api_key``."""
+    return (("authorization", f"Bearer {api_key}"),)
+
+
 def metadata_dict(metadata: object) -> dict[str, str]:
     """Metadata (initial or trailing) as a dict of text values."""
     result: dict[str, str] = {}

@@ -10,13 +10,13 @@ import asyncio
 from fanfare_grpc.logs import configure_logging
 from fanfare_grpc.server import serve
 from fanfare_grpc.settings import Settings
-from tests.fault_service import fault_handler
+from tests.fault_service import FAULT_PERMISSIONS, fault_handler
 
 
 def main() -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    asyncio.run(serve(settings, extra_handlers=[fault_handler()]))
+    asyncio.run(serve(settings, extra_handlers=[fault_handler()], permissions=FAULT_PERMISSIONS))
 
 
 if __name__ == "__main__":

@@ -1,24 +1,46 @@
 """Composition root: builds every long-lived dependency from one ``Settings``.
 
-Nothing else creates engines, clients or validators; everything receives them
-through constructors, so tests can build as many independent instances as needed.
+Nothing else creates engines, clients, keys or validators; everything receives
+them through constructors, so tests can build as many independent instances
+(replicas) as they need.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
+from collections.abc import Callable, Mapping
 
 import protovalidate
+from sqlalchemy.exc import DBAPIError, OperationalError
 
+from fanfare_grpc.authentication.invalidation import (
+    KeyInvalidationListener,
+    PubSubKeyInvalidations,
+)
+from fanfare_grpc.authentication.key_verifier import KeyVerifier
+from fanfare_grpc.authentication.usage import KeyUsageRecorder
 from fanfare_grpc.cache.factory import open_cache
 from fanfare_grpc.cache.protocols import Cache
+from fanfare_grpc.crypto.envelope import Envelope
+from fanfare_grpc.crypto.master_keys import load_master_key_ring
+from fanfare_grpc.domain.api_key_service import ApiKeyService
+from fanfare_grpc.permissions import PERMISSIONS, MethodPolicy
 from fanfare_grpc.settings import Settings
 from fanfare_grpc.storage import migrate
+from fanfare_grpc.storage.api_keys import SqlApiKeyStore
+from fanfare_grpc.storage.data_keys import SqlDataKeyStore
 from fanfare_grpc.storage.database import Database
 from fanfare_grpc.storage.organizations import SqlOrganizationStore
 
 LOGGER_NAME = "fanfare_grpc"
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    """The wall clock, timezone-aware."""
+    return dt.datetime.now(dt.UTC)
 
 
 class SchemaOutOfDate(RuntimeError):
@@ -31,32 +53,78 @@ class Application:
 
     settings: Settings
     logger: logging.Logger
+    clock: Clock
     database: Database
     cache: Cache
     validator: protovalidate.Validator
+    envelope: Envelope
+    permissions: Mapping[str, MethodPolicy]
     organizations: SqlOrganizationStore
+    api_keys: SqlApiKeyStore
+    key_service: ApiKeyService
+    key_verifier: KeyVerifier
+    key_usage: KeyUsageRecorder
+    key_invalidation_listener: KeyInvalidationListener
 
     @classmethod
-    def build(cls, settings: Settings) -> Application:
-        """Create (but do not yet connect) every dependency."""
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        permissions: Mapping[str, MethodPolicy] = PERMISSIONS,
+        clock: Clock = utc_now,
+    ) -> Application:
+        """Create (but do not yet connect) every dependency.
+
+        Raises:
+            MasterKeyError: The master key configuration is unusable.
+        """
+        logger = logging.getLogger(LOGGER_NAME)
         database = Database.from_url(settings.effective_database_url)
+        cache = open_cache(settings)
+        ring = load_master_key_ring(
+            settings.master_key, settings.master_keys_old, settings.data_dir
+        )
+        api_keys = SqlApiKeyStore(database)
+        verifier = KeyVerifier(api_keys, cache.counters, wall_clock=clock)
         return cls(
             settings=settings,
-            logger=logging.getLogger(LOGGER_NAME),
+            logger=logger,
+            clock=clock,
             database=database,
-            cache=open_cache(settings),
+            cache=cache,
             validator=protovalidate.Validator(),
-            organizations=SqlOrganizationStore(database.sessions),
+            envelope=Envelope(ring, SqlDataKeyStore(database)),
+            permissions=permissions,
+            organizations=SqlOrganizationStore(database),
+            api_keys=api_keys,
+            key_service=ApiKeyService(api_keys, PubSubKeyInvalidations(cache.pubsub), clock),
+            key_verifier=verifier,
+            key_usage=KeyUsageRecorder(api_keys, logger),
+            key_invalidation_listener=KeyInvalidationListener(cache.pubsub, verifier, logger),
         )
 
-    async def check_schema(self) -> None:
-        """Refuse to run against a database that is behind this version.
+    async def check_schema(self) -> bool:
+        """Whether the database answered; refuses one that is behind this version.
+
+        Returns:
+            False if the database is unreachable (the caller decides what to do).
 
         Raises:
             SchemaOutOfDate: ``fanfare-grpc migrate`` has not been run.
         """
-        if await migrate.current_revision(self.database) != migrate.head_revision():
+        try:
+            current = await migrate.current_revision(self.database)
+        except (OperationalError, OSError, TimeoutError):
+            return False
+        except DBAPIError as error:
+            # e.g. the service role does not exist yet: never migrated.
+            raise SchemaOutOfDate(
+                "database schema is not up to date: run `fanfare-grpc migrate`"
+            ) from error
+        if current != migrate.head_revision():
             raise SchemaOutOfDate("database schema is not up to date: run `fanfare-grpc migrate`")
+        return True
 
     async def close(self) -> None:
         """Release connections."""

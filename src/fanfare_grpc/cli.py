@@ -9,17 +9,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from fanfare_grpc import errors
-from fanfare_grpc.app import Application, SchemaOutOfDate
+from fanfare_grpc.app import LOGGER_NAME, Application, SchemaOutOfDate
+from fanfare_grpc.crypto.master_keys import (
+    MasterKeyError,
+    add_dev_master_key,
+    load_master_key_ring,
+)
+from fanfare_grpc.crypto.rotation import rewrap_data_keys
 from fanfare_grpc.domain.organizations import create_organization
 from fanfare_grpc.logs import configure_logging
 from fanfare_grpc.server import ListenError, run_worker_process, serve
 from fanfare_grpc.settings import Settings, SettingsError
 from fanfare_grpc.storage import migrate
+from fanfare_grpc.storage.data_keys import DataKeyRewrapper
+from fanfare_grpc.storage.database import Database
 
 # (option, environment variable, help)
 _COMMON_OPTIONS: tuple[tuple[str, str, str], ...] = (
@@ -69,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     create_parser.add_argument("--name", required=True, help="display name (1-200 characters)")
     create_parser.add_argument("--json", action="store_true", help="print one JSON object")
     _add_options(create_parser, _COMMON_OPTIONS)
+
+    master_key_parser = commands.add_parser("master-key", help="manage master key versions")
+    master_key_commands = master_key_parser.add_subparsers(dest="master_key_command", required=True)
+    rotate_parser = master_key_commands.add_parser(
+        "rotate", help="add a master key version and re-wrap every data key under it"
+    )
+    _add_options(rotate_parser, _COMMON_OPTIONS)
     return parser
 
 
@@ -82,27 +98,46 @@ def settings_from(arguments: argparse.Namespace, environ: dict[str, str]) -> Set
 
 
 async def _migrate(settings: Settings) -> None:
-    application = Application.build(settings)
-    try:
-        await migrate.upgrade_to_head(application.database)
-        application.logger.info(
-            "database schema up to date", extra={"revision": migrate.head_revision()}
-        )
-    finally:
-        await application.close()
+    await migrate.upgrade_to_head(settings.effective_database_url)
+    logging.getLogger(LOGGER_NAME).info(
+        "database schema up to date", extra={"revision": migrate.head_revision()}
+    )
 
 
 async def _create_organization(settings: Settings, name: str, as_json: bool) -> None:
     application = Application.build(settings)
     try:
-        await application.check_schema()
-        organization = await create_organization(application.organizations, name)
+        if not await application.check_schema():
+            raise errors.Unavailable("database unreachable")
+        created = await create_organization(
+            application.organizations, application.envelope, name, application.clock()
+        )
     finally:
         await application.close()
+    output = {
+        "organization_id": created.organization.organization_id,
+        "secret_key": created.test_admin_key.plaintext,
+        "live_secret_key": created.live_admin_key.plaintext,
+    }
     if as_json:
-        print(json.dumps({"organization_id": organization.organization_id}))
+        print(json.dumps(output))
     else:
-        print(f"organization_id: {organization.organization_id}")
+        print("\n".join(f"{field}: {value}" for field, value in output.items()))
+        print("Store the secret keys now: they are shown only once.")
+
+
+async def _rotate_master_key(settings: Settings) -> None:
+    """Add a master key version (dev data dir) and re-wrap every data key under it."""
+    if settings.master_key is None:
+        new_key = add_dev_master_key(settings.data_dir)
+        print(f"added master key version {new_key.key_id} to {settings.data_dir}")
+    ring = load_master_key_ring(settings.master_key, settings.master_keys_old, settings.data_dir)
+    owner = Database.from_url(settings.effective_database_url, as_owner=True)
+    try:
+        rewrapped = await rewrap_data_keys(ring, DataKeyRewrapper(owner))
+    finally:
+        await owner.dispose()
+    print(f"re-wrapped {rewrapped} data keys under {ring.current.key_id}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,7 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_migrate(settings))
         elif arguments.command == "orgs":
             asyncio.run(_create_organization(settings, arguments.name, arguments.json))
-    except (SchemaOutOfDate, ListenError) as error:
+        elif arguments.command == "master-key":
+            asyncio.run(_rotate_master_key(settings))
+    except (SchemaOutOfDate, ListenError, MasterKeyError) as error:
         print(f"fanfare-grpc: {error}", file=sys.stderr)
         return 1
     except errors.FanfareError as error:

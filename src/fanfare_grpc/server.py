@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from fanfare_grpc.app import Application
 from fanfare_grpc.health import ServingStatusMonitor
 from fanfare_grpc.interceptors.chain import build_interceptor_chain
+from fanfare_grpc.permissions import PERMISSIONS, MethodPolicy
 from fanfare_grpc.servicers import register_servicers
 from fanfare_grpc.settings import Settings
 from fanfare_grpc.worker import Worker, background_jobs
@@ -95,16 +96,11 @@ async def start_server(
     """
     settings = application.settings
     logger = application.logger
-    if await application.database.ping(settings.health_check_timeout_seconds):
-        await application.check_schema()
-    else:
+    if not await application.check_schema():
         logger.warning("database unreachable at startup; serving NOT_SERVING until it returns")
 
-    server = aio.server(
-        interceptors=build_interceptor_chain(logger, application.validator),
-        options=_SERVER_OPTIONS,
-    )
-    service_names = register_servicers(server)
+    server = aio.server(interceptors=build_interceptor_chain(application), options=_SERVER_OPTIONS)
+    service_names = register_servicers(server, application)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -143,12 +139,19 @@ async def start_server(
     await server.start()
 
     worker_stop = asyncio.Event()
-    tasks = [asyncio.create_task(monitor.run(), name="health-monitor")]
+    tasks = [
+        asyncio.create_task(monitor.run(), name="health-monitor"),
+        asyncio.create_task(application.key_usage.run(), name="key-usage"),
+        asyncio.create_task(application.key_invalidation_listener.run(), name="key-invalidations"),
+    ]
     if run_worker:
         worker = Worker(
             background_jobs(), logger, stop_grace_seconds=settings.shutdown_grace_seconds
         )
         tasks.append(asyncio.create_task(worker.run(worker_stop), name="worker"))
+    with contextlib.suppress(TimeoutError):
+        # Start with invalidations flowing; until then cached keys re-check every 1 s.
+        await asyncio.wait_for(application.key_invalidation_listener.subscribed.wait(), 2.0)
     running = RunningServer(application, server, host, port, monitor, tasks, worker_stop)
     logger.info(
         f"listening on {running.address}",
@@ -180,9 +183,13 @@ async def serve(
     *,
     run_worker: bool = True,
     extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
+    permissions: Mapping[str, MethodPolicy] = PERMISSIONS,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    application = Application.build(settings)
+    """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+    ``extra_handlers`` and ``permissions`` let an embedding program add services.
+    """
+    application = Application.build(settings, permissions=permissions)
     try:
         running = await start_server(
             application, run_worker=run_worker, extra_handlers=extra_handlers
@@ -200,8 +207,7 @@ async def run_worker_process(settings: Settings) -> None:
     application = Application.build(settings)
     stop = asyncio.Event()
     try:
-        if await application.database.ping(settings.health_check_timeout_seconds):
-            await application.check_schema()
+        await application.check_schema()
         worker = Worker(
             background_jobs(),
             application.logger,

@@ -16,14 +16,14 @@ from grpc_status import rpc_status
 from fanfare_grpc.logs import JsonFormatter
 from fanfare_grpc.server import RunningServer
 from tests.conftest import embedded_settings, start_migrated_server
-from tests.fault_service import LEAKY_TEXT, fault_handler, method
+from tests.fault_service import FAULT_PERMISSIONS, LEAKY_TEXT, fault_handler, method
 from tests.grpc_helpers import metadata_dict
 
 
 @pytest.fixture
 async def fault_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     server = await start_migrated_server(
-        embedded_settings(tmp_path), extra_handlers=[fault_handler()]
+        embedded_settings(tmp_path), extra_handlers=[fault_handler()], permissions=FAULT_PERMISSIONS
     )
     try:
         yield server

@@ -3,86 +3,119 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
+from fanfare_grpc.app import Application
 from fanfare_grpc.domain.organizations import create_organization
 from fanfare_grpc.storage import migrate
 from fanfare_grpc.storage.database import Database
-from fanfare_grpc.storage.organizations import SqlOrganizationStore
-from tests.conftest import BackendSettings
+from tests.conftest import BackendSettings, embedded_settings
+
+ORGANIZATION_TABLES = ("organizations", "organization_keys", "api_keys")
 
 
-async def test_upgrade_creates_schema_and_is_idempotent(backend: BackendSettings) -> None:
-    database = Database.from_url(backend.settings.effective_database_url)
+@pytest.fixture
+async def application(backend: BackendSettings) -> AsyncIterator[Application]:
+    app = Application.build(backend.settings)
     try:
-        assert await migrate.current_revision(database) is None
-        await migrate.upgrade_to_head(database)
-        await migrate.upgrade_to_head(database)
-        assert await migrate.current_revision(database) == migrate.head_revision()
-
-        store = SqlOrganizationStore(database.sessions)
-        created = await create_organization(store, "  Acme Drops  ")
-        loaded = await store.get(created.organization_id)
-        assert loaded == dataclasses.replace(created, name="Acme Drops")
-        assert loaded is not None and loaded.created_at.tzinfo is not None
-        assert await store.get("org_doesnotexist") is None
+        yield app
     finally:
-        await database.dispose()
+        await app.close()
+
+
+async def test_upgrade_creates_schema_and_is_idempotent(application: Application) -> None:
+    url = application.settings.effective_database_url
+    owner = Database.from_url(url, as_owner=True)
+    try:
+        assert await migrate.current_revision(owner) is None
+    finally:
+        await owner.dispose()
+    await migrate.upgrade_to_head(url)
+    await migrate.upgrade_to_head(url)
+    assert await migrate.current_revision(application.database) == migrate.head_revision()
+    assert await application.check_schema()
+
+    created = await create_organization(
+        application.organizations, application.envelope, "  Acme Drops  ", application.clock()
+    )
+    loaded = await application.organizations.get(created.organization.organization_id)
+    assert loaded == dataclasses.replace(created.organization, name="Acme Drops")
+    assert loaded is not None and loaded.created_at.tzinfo is not None
+    assert await application.organizations.get("org_doesnotexist") is None
 
 
 async def test_sqlite_file_lives_in_the_data_dir(tmp_path: Path) -> None:
-    from tests.conftest import embedded_settings
-
     settings = embedded_settings(tmp_path / "nested" / "data")
-    database = Database.from_url(settings.effective_database_url)
-    try:
-        await migrate.upgrade_to_head(database)
-    finally:
-        await database.dispose()
+    await migrate.upgrade_to_head(settings.effective_database_url)
     assert (tmp_path / "nested" / "data" / "fanfare.sqlite3").is_file()
 
 
-async def test_postgres_organization_tables_are_hash_partitioned(postgres_url: str) -> None:
-    database = Database.from_url(postgres_url)
+async def test_postgres_organization_tables_are_partitioned_and_isolated(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    await migrate.upgrade_to_head(postgres_url)
+    owner = Database.from_url(postgres_url, as_owner=True)
     try:
-        await migrate.upgrade_to_head(database)
-        async with database.engine.connect() as connection:
-            strategy = await connection.scalar(
-                text(
-                    "SELECT partstrat FROM pg_partitioned_table "
-                    "WHERE partrelid = 'organizations'::regclass"
-                )
-            )
-            partitions = await connection.scalar(
-                text("SELECT count(*) FROM pg_inherits WHERE inhparent = 'organizations'::regclass")
-            )
-            key_columns = (
-                (
-                    await connection.execute(
-                        text(
-                            "SELECT a.attname FROM pg_index i "
-                            "JOIN pg_attribute a ON a.attrelid = i.indrelid "
-                            "AND a.attnum = ANY(i.indkey) "
-                            "WHERE i.indrelid = 'organizations'::regclass AND i.indisprimary"
-                        )
+        async with owner.engine.connect() as connection:
+            for table in ORGANIZATION_TABLES:
+                strategy = await connection.scalar(
+                    text(
+                        "SELECT partstrat FROM pg_partitioned_table "
+                        f"WHERE partrelid = '{table}'::regclass"
                     )
                 )
-                .scalars()
-                .all()
-            )
-        assert strategy == "h"
-        assert partitions == 16
-        assert "org_id" in key_columns
+                partitions = await connection.scalar(
+                    text(f"SELECT count(*) FROM pg_inherits WHERE inhparent = '{table}'::regclass")
+                )
+                key_columns = (
+                    (
+                        await connection.execute(
+                            text(
+                                "SELECT a.attname FROM pg_index i "
+                                "JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                                "AND a.attnum = ANY(i.indkey) "
+                                f"WHERE i.indrelid = '{table}'::regclass AND i.indisprimary"
+                            )
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                security = (
+                    await connection.execute(
+                        text(
+                            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class "
+                            f"WHERE oid = '{table}'::regclass"
+                        )
+                    )
+                ).one()
+                assert strategy == "h", table
+                assert partitions == 16, table
+                assert "org_id" in key_columns, table
+                assert tuple(security) == (True, True), table
+    finally:
+        await owner.dispose()
 
-        store = SqlOrganizationStore(database.sessions)
+    application = Application.build(
+        dataclasses.replace(embedded_settings(tmp_path), database_url=postgres_url)
+    )
+    try:
         for index in range(40):
-            await create_organization(store, f"org {index}")
-        async with database.engine.connect() as connection:
+            await create_organization(
+                application.organizations, application.envelope, f"org {index}", application.clock()
+            )
+    finally:
+        await application.close()
+    owner = Database.from_url(postgres_url, as_owner=True)
+    try:
+        async with owner.engine.connect() as connection:
             used = await connection.scalar(
                 text("SELECT count(DISTINCT tableoid) FROM organizations")
             )
         assert used is not None and used > 1  # rows really spread over partitions
     finally:
-        await database.dispose()
+        await owner.dispose()

@@ -14,7 +14,8 @@ from grpc_status import rpc_status
 
 from fanfare_grpc.server import RunningServer
 from fanfare_grpc.servicers import SERVICE_NAMES
-from tests.grpc_helpers import metadata_dict, run_grpcurl
+from tests.conftest import new_organization
+from tests.grpc_helpers import bearer, metadata_dict, run_grpcurl
 
 EXPECTED_SERVICES = {
     "fanfare.auth.v1.AuthService",
@@ -77,9 +78,13 @@ async def test_grpcurl_health_check_per_service(running_server: RunningServer) -
 async def test_unimplemented_rpc_answers_unimplemented_with_request_id(
     running_server: RunningServer,
 ) -> None:
+    organization = await new_organization(running_server)
     async with aio.insecure_channel(running_server.address) as channel:
         queues = queue_service_pb2_grpc.QueueServiceStub(channel)
-        call = queues.ListQueues(queue_service_pb2.ListQueuesRequest())
+        call = queues.ListQueues(
+            queue_service_pb2.ListQueuesRequest(),
+            metadata=bearer(organization.test_admin_key.plaintext),
+        )
         with pytest.raises(aio.AioRpcError) as failure:
             await call
         assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -91,10 +96,14 @@ async def test_unimplemented_rpc_answers_unimplemented_with_request_id(
 async def test_invalid_request_gets_bad_request_naming_each_field(
     running_server: RunningServer,
 ) -> None:
+    organization = await new_organization(running_server)
     async with aio.insecure_channel(running_server.address) as channel:
         queues = queue_service_pb2_grpc.QueueServiceStub(channel)
         with pytest.raises(aio.AioRpcError) as failure:
-            await queues.CreateQueue(queue_service_pb2.CreateQueueRequest())
+            await queues.CreateQueue(
+                queue_service_pb2.CreateQueueRequest(),
+                metadata=bearer(organization.test_admin_key.plaintext),
+            )
     error = failure.value
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     status = rpc_status.from_call(error)  # type: ignore[arg-type]

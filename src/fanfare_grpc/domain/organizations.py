@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 from typing import Protocol
 
 from fanfare_grpc import errors
+from fanfare_grpc.crypto.envelope import Envelope, WrappedDataKey
 from fanfare_grpc.domain import ids
+from fanfare_grpc.domain.access import KeyKind, Mode, Role
+from fanfare_grpc.domain.api_key_service import IssuedKey, issue_api_key
+from fanfare_grpc.domain.api_keys import ApiKey
 
 MAX_NAME_LENGTH = 200
+FIRST_KEY_NAME = "First admin key"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,11 +27,22 @@ class Organization:
     created_at: dt.datetime
 
 
+@dataclasses.dataclass(frozen=True)
+class NewOrganization:
+    """A created organization and its first ADMIN keys (plaintext shown once)."""
+
+    organization: Organization
+    test_admin_key: IssuedKey
+    live_admin_key: IssuedKey
+
+
 class OrganizationStore(Protocol):
     """Persistence of organizations."""
 
-    async def add(self, organization: Organization) -> None:
-        """Store a new organization."""
+    async def add(
+        self, organization: Organization, data_key: WrappedDataKey, first_keys: Sequence[ApiKey]
+    ) -> None:
+        """Store a new organization with its data key and first keys, atomically."""
         ...
 
     async def get(self, organization_id: str) -> Organization | None:
@@ -48,12 +65,19 @@ def normalized_name(name: str) -> str:
     return trimmed
 
 
-async def create_organization(store: OrganizationStore, name: str) -> Organization:
-    """Create and store a new organization."""
+async def create_organization(
+    store: OrganizationStore, envelope: Envelope, name: str, now: dt.datetime
+) -> NewOrganization:
+    """Create an organization, its data key and one ADMIN secret key per mode."""
     organization = Organization(
-        organization_id=ids.new_id(ids.ORGANIZATION),
-        name=normalized_name(name),
-        created_at=dt.datetime.now(dt.UTC),
+        organization_id=ids.new_id(ids.ORGANIZATION), name=normalized_name(name), created_at=now
     )
-    await store.add(organization)
-    return organization
+    data_key = envelope.new_data_key(organization.organization_id)
+    test_key, live_key = [
+        await issue_api_key(
+            organization.organization_id, mode, KeyKind.SECRET, Role.ADMIN, FIRST_KEY_NAME, now=now
+        )
+        for mode in (Mode.TEST, Mode.LIVE)
+    ]
+    await store.add(organization, data_key, (test_key.api_key, live_key.api_key))
+    return NewOrganization(organization, test_key, live_key)

@@ -12,6 +12,8 @@ import dataclasses
 import secrets
 import time
 
+from fanfare_grpc.domain.access import Principal
+
 REQUEST_ID_HEADER = "x-request-id"
 
 _current_call: contextvars.ContextVar[CallState] = contextvars.ContextVar("fanfare_call")
@@ -33,6 +35,7 @@ class CallState:
         response_headers: Initial metadata the layers want to send; flushed by the
             innermost layer right before the servicer runs.
         headers_sent: Whether ``response_headers`` went out as initial metadata.
+        principal: Who is calling, once authentication has run.
     """
 
     method: str
@@ -40,6 +43,7 @@ class CallState:
     started_at: float = dataclasses.field(default_factory=time.perf_counter)
     response_headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     headers_sent: bool = False
+    principal: Principal | None = None
 
     def add_response_header(self, key: str, value: str) -> None:
         """Queue one initial-metadata entry (ignored once headers went out)."""

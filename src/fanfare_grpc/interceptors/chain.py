@@ -2,30 +2,39 @@
 
 Order (ARCHITECTURE.md): 1 request context, 2 audit capture, 3 pre-auth IP rate
 limit, 4 authentication, 5 principal rate limit, 6 authorization, 7 request
-validation, then the servicer. Slots 2-6 are filled by the issues that build them.
+validation, then idempotency and the servicer. Slots 2, 3 and 5 are filled by the
+issues that build them.
 """
 
 from __future__ import annotations
 
-import logging
-
-import protovalidate
 from grpc import aio
 
+from fanfare_grpc.app import Application
+from fanfare_grpc.interceptors.authentication import AuthenticationInterceptor
+from fanfare_grpc.interceptors.authorization import AuthorizationInterceptor
+from fanfare_grpc.interceptors.idempotency import IdempotencyInterceptor
 from fanfare_grpc.interceptors.request_context import RequestContextInterceptor
 from fanfare_grpc.interceptors.response_headers import ResponseHeadersInterceptor
 from fanfare_grpc.interceptors.validation import RequestValidationInterceptor
 
 
-def build_interceptor_chain(
-    logger: logging.Logger, validator: protovalidate.Validator
-) -> list[aio.ServerInterceptor]:
+def build_interceptor_chain(application: Application) -> list[aio.ServerInterceptor]:
     """All server interceptors, outermost first."""
     return [
-        RequestContextInterceptor(logger),
-        # 2 audit capture, 3 IP rate limit, 4 authentication, 5 principal rate
-        # limit, 6 authorization: added by the issues that build them.
-        RequestValidationInterceptor(validator),
+        RequestContextInterceptor(application.logger),
+        AuthenticationInterceptor(
+            application.permissions,
+            application.key_verifier,
+            application.key_usage,
+            frozenset(application.settings.platform_principals),
+            application.clock,
+        ),
+        AuthorizationInterceptor(application.permissions),
+        RequestValidationInterceptor(application.validator),
+        IdempotencyInterceptor(
+            application.permissions, application.cache.values, application.envelope
+        ),
         # Always last: sends the initial metadata the layers above collected.
         ResponseHeadersInterceptor(),
     ]

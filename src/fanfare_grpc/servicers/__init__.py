@@ -12,6 +12,9 @@ from fanfare.session.v1 import session_service_pb2, session_service_pb2_grpc
 from fanfare.webhook.v1 import webhook_service_pb2, webhook_service_pb2_grpc
 from grpc import aio
 
+from fanfare_grpc.app import Application
+from fanfare_grpc.servicers.auth import AuthServicer
+
 # Full names of the five product services, from the generated descriptors.
 SERVICE_NAMES: tuple[str, ...] = (
     auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
@@ -48,12 +51,22 @@ _SERVICERS: tuple[tuple[Callable[[Any, aio.Server], None], Callable[[], Any]], .
 )
 
 
-def register_servicers(server: aio.Server) -> tuple[str, ...]:
+def register_servicers(server: aio.Server, application: Application) -> tuple[str, ...]:
     """Add the five services; RPCs not built yet answer UNIMPLEMENTED.
 
     The generated base classes answer every RPC with UNIMPLEMENTED until an issue
     replaces them with an implementation.
     """
+    # mypy-protobuf types every RPC as abstract; the ones an issue has not built yet
+    # are inherited from the generated base and answer UNIMPLEMENTED.
+    implemented: dict[Callable[[Any, aio.Server], None], Any] = {
+        auth_service_pb2_grpc.add_AuthServiceServicer_to_server: AuthServicer(  # type: ignore[abstract]
+            application.key_service,
+            application.organizations,
+            application.envelope,
+            application.clock,
+        ),
+    }
     for add_to_server, servicer in _SERVICERS:
-        add_to_server(servicer(), server)
+        add_to_server(implemented.get(add_to_server) or servicer(), server)
     return SERVICE_NAMES

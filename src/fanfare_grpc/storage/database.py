@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from fanfare_grpc.storage.postgres import APP_ROLE, ORG_SETTING
 
 _ASYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite+aiosqlite"}
 
@@ -29,8 +38,12 @@ def async_database_url(url: str) -> URL:
     return parsed.set(drivername=_ASYNC_DRIVERS[backend])
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine for ``url`` with settings fit for a long-running server."""
+def create_engine(url: str, *, as_owner: bool = False) -> AsyncEngine:
+    """An async engine for ``url`` with settings fit for a long-running server.
+
+    On PostgreSQL every connection switches to ``APP_ROLE`` (not the tables' owner,
+    so row-level security applies) unless ``as_owner`` (migrations, key rotation).
+    """
     parsed = async_database_url(url)
     options: dict[str, Any] = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
@@ -43,7 +56,18 @@ def create_engine(url: str) -> AsyncEngine:
     options["connect_args"] = {"connect_timeout": 5}
     options["pool_size"] = 10
     options["max_overflow"] = 10
-    return create_async_engine(parsed, **options)
+    engine = create_async_engine(parsed, **options)
+    if not as_owner:
+        event.listen(engine.sync_engine, "connect", _switch_to_app_role)
+    return engine
+
+
+def _switch_to_app_role(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"SET ROLE {APP_ROLE}")
+    cursor.close()
+    # SET outside a transaction leaves psycopg's implicit one open: end it.
+    dbapi_connection.commit()
 
 
 def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
@@ -64,9 +88,24 @@ class Database:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def from_url(cls, url: str) -> Database:
+    def from_url(cls, url: str, *, as_owner: bool = False) -> Database:
         """Build the engine for ``url`` (no connection is made yet)."""
-        return cls(create_engine(url))
+        return cls(create_engine(url, as_owner=as_owner))
+
+    @asynccontextmanager
+    async def transaction(self, organization_id: str | None) -> AsyncIterator[AsyncSession]:
+        """A transaction that row-level security scopes to one organization.
+
+        ``None`` scopes it to no organization: organization tables look empty (used
+        only for the pre-authentication key lookup).
+        """
+        async with self.sessions.begin() as session:
+            if self.dialect == "postgresql":
+                await session.execute(
+                    text(f"SELECT set_config('{ORG_SETTING}', :organization_id, true)"),
+                    {"organization_id": organization_id or ""},
+                )
+            yield session
 
     @property
     def dialect(self) -> str:

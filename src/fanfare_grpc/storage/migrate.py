@@ -29,17 +29,22 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
-async def upgrade_to_head(database: Database) -> None:
-    """Apply every pending migration (idempotent).
+async def upgrade_to_head(database_url: str) -> None:
+    """Apply every pending migration (idempotent), connected as the tables' owner.
 
     On PostgreSQL an advisory lock serialises replicas that start together.
     """
-    async with database.engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            await connection.execute(
-                text("SELECT pg_advisory_xact_lock(:lock_id)"), {"lock_id": _MIGRATION_LOCK_ID}
-            )
-        await connection.run_sync(_upgrade)
+    owner = Database.from_url(database_url, as_owner=True)
+    try:
+        async with owner.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:lock_id)"),
+                    {"lock_id": _MIGRATION_LOCK_ID},
+                )
+            await connection.run_sync(_upgrade)
+    finally:
+        await owner.dispose()
 
 
 def _upgrade(connection: Connection) -> None:

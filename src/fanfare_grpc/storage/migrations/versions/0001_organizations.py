@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from fanfare_grpc.storage.partitioning import (
+from fanfare_grpc.storage.postgres import (
     PARTITION_BY_ORGANIZATION,
     create_organization_partitions,
 )

@@ -1,0 +1,1 @@
+"""Turning presented credentials into a ``Principal`` (no grpc here)."""

@@ -1,0 +1,54 @@
+"""Key invalidations between replicas, over the cache backend's pub/sub."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fanfare_grpc.authentication.key_verifier import KeyVerifier
+from fanfare_grpc.cache.protocols import PubSub
+
+CHANNEL = "api-keys:changed"
+RECONNECT_DELAY_SECONDS = 0.5
+
+
+class PubSubKeyInvalidations:
+    """``KeyInvalidationPublisher`` that broadcasts key ids on ``CHANNEL``."""
+
+    def __init__(self, pubsub: PubSub) -> None:
+        self._pubsub = pubsub
+
+    async def key_changed(self, key_id: str) -> None:
+        await self._pubsub.publish(CHANNEL, key_id)
+
+
+class KeyInvalidationListener:
+    """Feeds broadcast key changes to this process's ``KeyVerifier``; reconnects forever."""
+
+    def __init__(self, pubsub: PubSub, verifier: KeyVerifier, logger: logging.Logger) -> None:
+        self._pubsub = pubsub
+        self._verifier = verifier
+        self._logger = logger
+        self.subscribed = asyncio.Event()
+
+    async def run(self) -> None:
+        """Listen until cancelled."""
+        while True:
+            try:
+                async with self._pubsub.subscribe(CHANNEL) as subscription:
+                    # Whatever was published while we were away is lost: re-check all.
+                    self._verifier.everything_changed()
+                    self._verifier.invalidations_connected = True
+                    self.subscribed.set()
+                    async for key_id in subscription:
+                        self._verifier.key_changed(key_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._logger.warning(
+                    "key invalidation channel lost; re-checking keys every 1 s", exc_info=True
+                )
+            finally:
+                self._verifier.invalidations_connected = False
+                self.subscribed.clear()
+            await asyncio.sleep(RECONNECT_DELAY_SECONDS)

@@ -1,0 +1,1 @@
+"""Envelope encryption, keyed digests and secret generation. No grpc, no SQL."""

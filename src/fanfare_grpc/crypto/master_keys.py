@@ -1,0 +1,113 @@
+"""Versioned master keys: the current one wraps data keys, retired ones still unwrap.
+
+Production passes keys in ``FANFARE_MASTER_KEY`` (and ``FANFARE_MASTER_KEYS_OLD``).
+The embedded dev mode keeps them in ``<data dir>/master_keys`` (mode 0600), one
+base64 key per line, newest last; ``fanfare-grpc master-key rotate`` appends one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+from fanfare_grpc.crypto.aead import KEY_LENGTH
+
+DEV_KEY_FILE = "master_keys"
+
+
+class MasterKeyError(ValueError):
+    """A master key is missing or malformed (the message never contains key material)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterKey:
+    """One master key version; ``key_id`` is a non-secret fingerprint of it."""
+
+    key_id: str
+    material: bytes = dataclasses.field(repr=False)
+
+    @classmethod
+    def from_material(cls, material: bytes) -> MasterKey:
+        if len(material) != KEY_LENGTH:
+            raise MasterKeyError("a master key must be 32 bytes (base64-encoded)")
+        fingerprint = hashlib.sha256(b"fanfare-master-key-id\x00" + material).hexdigest()[:16]
+        return cls(key_id="mk_" + fingerprint, material=material)
+
+    @classmethod
+    def from_base64(cls, encoded: str, source: str) -> MasterKey:
+        try:
+            material = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise MasterKeyError(f"{source} is not valid base64") from None
+        try:
+            return cls.from_material(material)
+        except MasterKeyError:
+            raise MasterKeyError(f"{source} must be base64 of 32 bytes") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterKeyRing:
+    """The current master key and every retired version still accepted."""
+
+    current: MasterKey
+    retired: tuple[MasterKey, ...] = ()
+
+    def find(self, key_id: str) -> MasterKey | None:
+        """The key with this id, current or retired."""
+        for key in (self.current, *self.retired):
+            if key.key_id == key_id:
+                return key
+        return None
+
+
+def new_key_material() -> bytes:
+    """32 random bytes from the OS CSPRNG."""
+    return os.urandom(KEY_LENGTH)
+
+
+def load_master_key_ring(
+    master_key: str | None, master_keys_old: tuple[str, ...], data_dir: Path
+) -> MasterKeyRing:
+    """The ring from the environment, or from (and created in) the dev data dir."""
+    if master_key:
+        current = MasterKey.from_base64(master_key, "FANFARE_MASTER_KEY")
+        retired = tuple(
+            MasterKey.from_base64(value, "FANFARE_MASTER_KEYS_OLD") for value in master_keys_old
+        )
+        return MasterKeyRing(current, retired)
+    keys = _read_or_create_dev_keys(data_dir / DEV_KEY_FILE)
+    extra = tuple(
+        MasterKey.from_base64(value, "FANFARE_MASTER_KEYS_OLD") for value in master_keys_old
+    )
+    return MasterKeyRing(keys[-1], tuple(reversed(keys[:-1])) + extra)
+
+
+def add_dev_master_key(data_dir: Path) -> MasterKey:
+    """Append a new dev master key version (it becomes current)."""
+    path = data_dir / DEV_KEY_FILE
+    _read_or_create_dev_keys(path)
+    key = MasterKey.from_material(new_key_material())
+    with path.open("a", encoding="ascii") as file:
+        file.write(base64.b64encode(key.material).decode() + "\n")
+    return key
+
+
+def _read_or_create_dev_keys(path: Path) -> list[MasterKey]:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL + 0600: never readable by others, never clobbered by a second process.
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(descriptor, "w", encoding="ascii") as file:
+                file.write(base64.b64encode(new_key_material()).decode() + "\n")
+    lines = [line for line in path.read_text(encoding="ascii").splitlines() if line.strip()]
+    if not lines:
+        raise MasterKeyError(f"{path} holds no master key")
+    return [MasterKey.from_base64(line, str(path)) for line in lines]

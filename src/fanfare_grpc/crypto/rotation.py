@@ -1,0 +1,41 @@
+"""Master key rotation: re-wrap every data key under the current master key.
+
+Runs while servers keep serving: data keys themselves do not change, only their
+wrapping, and servers hold unwrapped data keys in memory, so nothing they cached
+goes stale. Each key is swapped with a compare-and-set, so two concurrent
+rotations cannot lose an update.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from fanfare_grpc.crypto.envelope import Envelope, WrappedDataKey
+from fanfare_grpc.crypto.master_keys import MasterKeyRing
+
+
+class RewrapStore(Protocol):
+    """Data keys across every organization (operator access)."""
+
+    async def wrapped_keys_not_under(self, master_key_id: str) -> list[WrappedDataKey]:
+        """Keys wrapped by any other master key version."""
+        ...
+
+    async def replace(self, previous: WrappedDataKey, rewrapped: WrappedDataKey) -> bool:
+        """Swap ``previous`` for ``rewrapped`` if unchanged; True if swapped."""
+        ...
+
+
+class _NoDataKeys:
+    async def get_data_key(self, organization_id: str, version: int) -> WrappedDataKey | None:
+        return None
+
+
+async def rewrap_data_keys(ring: MasterKeyRing, store: RewrapStore) -> int:
+    """Re-wrap every data key not yet under ``ring.current``; returns how many."""
+    envelope = Envelope(ring, _NoDataKeys())
+    rewrapped = 0
+    for key in await store.wrapped_keys_not_under(ring.current.key_id):
+        if await store.replace(key, envelope.rewrap(key)):
+            rewrapped += 1
+    return rewrapped

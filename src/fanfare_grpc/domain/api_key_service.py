@@ -1,0 +1,296 @@
+"""API key lifecycle: create, list, rotate (with optional grace), revoke."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from fanfare_grpc import errors
+from fanfare_grpc.domain import ids
+from fanfare_grpc.domain.access import KeyKind, Mode, Role
+from fanfare_grpc.domain.api_keys import (
+    MAX_GRACE_PERIOD,
+    ApiKey,
+    display_prefix,
+    generate_api_key,
+    hash_api_key,
+)
+
+MAX_NAME_LENGTH = 200
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+NOT_FOUND_MESSAGE = "api key not found"
+
+Clock = Callable[[], dt.datetime]
+
+
+@dataclasses.dataclass(frozen=True)
+class IssuedKey:
+    """A new key: its stored metadata and the plaintext, shown exactly once."""
+
+    api_key: ApiKey
+    plaintext: str = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class ListCursor:
+    """Position after the last key of a page (newest first)."""
+
+    created_at: dt.datetime
+    key_id: str
+
+
+class ApiKeyStore(Protocol):
+    """Persistence of API keys; every call names the organization and mode."""
+
+    async def add(self, key: ApiKey) -> None:
+        """Store a new key (and its lookup id)."""
+        ...
+
+    async def get(self, organization_id: str, mode: Mode, key_id: str) -> ApiKey | None:
+        """One key of this organization and mode."""
+        ...
+
+    async def list(
+        self,
+        organization_id: str,
+        mode: Mode,
+        *,
+        limit: int,
+        after: ListCursor | None,
+        include_revoked: bool,
+        now: dt.datetime,
+    ) -> list[ApiKey]:
+        """Keys newest first, strictly after ``after``."""
+        ...
+
+    async def rotate(
+        self,
+        organization_id: str,
+        mode: Mode,
+        key_id: str,
+        replacement: ApiKey,
+        old_key_stops_at: dt.datetime,
+        now: dt.datetime,
+    ) -> ApiKey | None:
+        """Atomically add ``replacement`` and retire the old key at ``old_key_stops_at``.
+
+        Returns the updated old key; None if it does not exist or is no longer usable.
+        """
+        ...
+
+    async def revoke(
+        self, organization_id: str, mode: Mode, key_id: str, now: dt.datetime
+    ) -> ApiKey | None:
+        """Revoke now (idempotent); None if there is no such key."""
+        ...
+
+
+class KeyInvalidationPublisher(Protocol):
+    """Tells every replica to forget what it cached about a key."""
+
+    async def key_changed(self, key_id: str) -> None:
+        """Broadcast that ``key_id`` was revoked, rotated or otherwise changed."""
+        ...
+
+
+def normalized_key_name(name: str) -> str:
+    """Trimmed, 1 to 200 characters.
+
+    Raises:
+        InvalidArgument: Empty or too long.
+    """
+    trimmed = name.strip()
+    if not trimmed or len(trimmed) > MAX_NAME_LENGTH:
+        raise errors.InvalidArgument(
+            "invalid api key name",
+            (errors.FieldViolation("name", f"must be 1 to {MAX_NAME_LENGTH} characters"),),
+        )
+    return trimmed
+
+
+async def issue_api_key(
+    organization_id: str,
+    mode: Mode,
+    kind: KeyKind,
+    role: Role | None,
+    name: str,
+    *,
+    now: dt.datetime,
+    expires_at: dt.datetime | None = None,
+    rotated_from_key_id: str | None = None,
+) -> IssuedKey:
+    """Generate a key and its record (bcrypt runs in a worker thread)."""
+    if kind is KeyKind.SECRET and role is None:
+        raise errors.InvalidArgument(
+            "invalid api key", (errors.FieldViolation("role", "required for secret keys"),)
+        )
+    if kind is KeyKind.PUBLISHABLE and role is not None:
+        raise errors.InvalidArgument(
+            "invalid api key",
+            (errors.FieldViolation("role", "must be unset for publishable keys"),),
+        )
+    if expires_at is not None and expires_at <= now:
+        raise errors.InvalidArgument(
+            "invalid api key", (errors.FieldViolation("expires_at", "must be in the future"),)
+        )
+    generated = generate_api_key(kind, mode)
+    secret_hash = await asyncio.to_thread(hash_api_key, generated.plaintext)
+    record = ApiKey(
+        key_id=ids.new_id(ids.API_KEY),
+        organization_id=organization_id,
+        mode=mode,
+        kind=kind,
+        role=role,
+        name=normalized_key_name(name),
+        lookup_id=generated.lookup_id,
+        secret_hash=secret_hash,
+        prefix=display_prefix(generated.plaintext),
+        last4=generated.plaintext[-4:],
+        created_at=now,
+        expires_at=expires_at,
+        rotated_from_key_id=rotated_from_key_id,
+    )
+    return IssuedKey(record, generated.plaintext)
+
+
+def encode_cursor(cursor: ListCursor) -> str:
+    """Opaque page token."""
+    payload = json.dumps({"c": cursor.created_at.isoformat(), "k": cursor.key_id})
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> ListCursor | None:
+    """The cursor in a page token ('' = first page).
+
+    Raises:
+        InvalidArgument: The token was not produced by ``encode_cursor``.
+    """
+    if not token:
+        return None
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        created_at = dt.datetime.fromisoformat(payload["c"])
+        key_id = payload["k"]
+        if created_at.tzinfo is None or not ids.has_id_shape(key_id, ids.API_KEY):
+            raise ValueError(key_id)
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise errors.InvalidArgument(
+            "invalid page token", (errors.FieldViolation("page_token", "not a valid page token"),)
+        ) from None
+    return ListCursor(created_at, key_id)
+
+
+class ApiKeyService:
+    """What an ADMIN key may do with its organization's keys (in its own mode)."""
+
+    def __init__(
+        self, store: ApiKeyStore, invalidations: KeyInvalidationPublisher, clock: Clock
+    ) -> None:
+        self._store = store
+        self._invalidations = invalidations
+        self._clock = clock
+
+    async def create(
+        self,
+        organization_id: str,
+        mode: Mode,
+        kind: KeyKind,
+        role: Role | None,
+        name: str,
+        expires_at: dt.datetime | None,
+    ) -> IssuedKey:
+        """A new key in the caller's organization and mode."""
+        issued = await issue_api_key(
+            organization_id, mode, kind, role, name, now=self._clock(), expires_at=expires_at
+        )
+        await self._store.add(issued.api_key)
+        return issued
+
+    async def list(
+        self,
+        organization_id: str,
+        mode: Mode,
+        page_size: int,
+        page_token: str,
+        include_revoked: bool,
+    ) -> tuple[Sequence[ApiKey], str]:
+        """One page of keys, newest first, and the token of the next page ('' if none)."""
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        keys = await self._store.list(
+            organization_id,
+            mode,
+            limit=size + 1,
+            after=decode_cursor(page_token),
+            include_revoked=include_revoked,
+            now=self._clock(),
+        )
+        page = keys[:size]
+        next_token = ""
+        if len(keys) > size:
+            last = page[-1]
+            next_token = encode_cursor(ListCursor(last.created_at, last.key_id))
+        return page, next_token
+
+    async def rotate(
+        self, organization_id: str, mode: Mode, key_id: str, grace_period: dt.timedelta | None
+    ) -> tuple[IssuedKey, ApiKey]:
+        """A new key with the same rights; the old one stops now or after the grace period.
+
+        Raises:
+            InvalidArgument: Grace period negative or longer than 7 days.
+            NotFound: No such key in this organization and mode.
+            FailedPrecondition: The key is already revoked or expired.
+        """
+        grace = grace_period or dt.timedelta(0)
+        if grace < dt.timedelta(0) or grace > MAX_GRACE_PERIOD:
+            raise errors.InvalidArgument(
+                "invalid grace period",
+                (errors.FieldViolation("grace_period", "must be between 0 and 7 days"),),
+            )
+        now = self._clock()
+        current = await self._store.get(organization_id, mode, key_id)
+        if current is None:
+            raise errors.NotFound(NOT_FOUND_MESSAGE)
+        if not current.usable_at(now):
+            raise errors.FailedPrecondition("api key is revoked or expired")
+        issued = await issue_api_key(
+            organization_id,
+            mode,
+            current.kind,
+            current.role,
+            current.name,
+            now=now,
+            expires_at=current.expires_at,
+            rotated_from_key_id=current.key_id,
+        )
+        stops_at = now + grace
+        if current.expires_at is not None:
+            stops_at = min(stops_at, current.expires_at)
+        retired = await self._store.rotate(
+            organization_id, mode, key_id, issued.api_key, stops_at, now
+        )
+        if retired is None:
+            # Revoked or rotated concurrently between our read and the update.
+            raise errors.FailedPrecondition("api key is revoked or expired")
+        await self._invalidations.key_changed(key_id)
+        return issued, retired
+
+    async def revoke(self, organization_id: str, mode: Mode, key_id: str) -> ApiKey:
+        """Revoke at once; every replica rejects the key within 2 s.
+
+        Raises:
+            NotFound: No such key in this organization and mode.
+        """
+        revoked = await self._store.revoke(organization_id, mode, key_id, self._clock())
+        if revoked is None:
+            raise errors.NotFound(NOT_FOUND_MESSAGE)
+        await self._invalidations.key_changed(key_id)
+        return revoked

@@ -1,0 +1,136 @@
+"""Authentication: transport identity, API key → one ``Principal`` per call.
+
+``authorization: Bearer <key>`` or ``x-publishable-key: pk_…``; on mTLS, an
+allow-listed client certificate identity is a platform principal. Every failure
+gets the same UNAUTHENTICATED message, whatever was wrong.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from grpc import aio
+
+from fanfare_grpc import errors
+from fanfare_grpc.authentication.key_verifier import INVALID_CREDENTIALS, KeyVerifier
+from fanfare_grpc.authentication.usage import KeyUsageRecorder
+from fanfare_grpc.domain.access import KeyKind, Principal
+from fanfare_grpc.interceptors.call_state import current_call_state
+from fanfare_grpc.interceptors.wrapping import (
+    BehaviourInterceptor,
+    StreamBehaviour,
+    UnaryBehaviour,
+)
+from fanfare_grpc.permissions import MethodPolicy
+
+_BEARER = "bearer "
+_IDENTITY_PROPERTIES = ("x509_subject_alternative_name", "x509_common_name", "peer_spiffe_id")
+
+
+def presented_api_key(metadata: Mapping[str, str]) -> str | None:
+    """The API key in the request metadata, None if there is none.
+
+    Raises:
+        Unauthenticated: Malformed header, or two different keys presented.
+    """
+    authorization = metadata.get("authorization")
+    alias = metadata.get("x-publishable-key")
+    key = None
+    if authorization is not None:
+        if not authorization[: len(_BEARER)].lower() == _BEARER:
+            raise errors.Unauthenticated(INVALID_CREDENTIALS)
+        key = authorization[len(_BEARER) :].strip()
+    if alias is not None:
+        alias = alias.strip()
+        if not alias.startswith("pk_") or (key is not None and key != alias):
+            raise errors.Unauthenticated(INVALID_CREDENTIALS)
+        key = alias
+    return key
+
+
+def peer_identities(auth_context: Mapping[str, Any]) -> set[str]:
+    """Identities (SAN URI/DNS, CN, SPIFFE id) of a verified client certificate."""
+    identities: set[str] = set()
+    for name in _IDENTITY_PROPERTIES:
+        for value in auth_context.get(name, ()):
+            identities.add(value.decode() if isinstance(value, bytes) else str(value))
+    return identities
+
+
+def _text_metadata(context: aio.ServicerContext[Any, Any]) -> dict[str, str]:
+    metadata: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            metadata[key.lower()] = value
+    return metadata
+
+
+class AuthenticationInterceptor(BehaviourInterceptor):
+    """Resolves the caller into ``CallState.principal``."""
+
+    def __init__(
+        self,
+        permissions: Mapping[str, MethodPolicy],
+        verifier: KeyVerifier,
+        usage: KeyUsageRecorder,
+        platform_principals: frozenset[str],
+        wall_clock: Callable[[], dt.datetime],
+    ) -> None:
+        self._permissions = permissions
+        self._verifier = verifier
+        self._usage = usage
+        self._platform_principals = platform_principals
+        self._now = wall_clock
+
+    async def around_unary(
+        self,
+        behaviour: UnaryBehaviour,
+        request: Any,
+        context: aio.ServicerContext[Any, Any],
+        method: str,
+    ) -> Any:
+        await self._authenticate(method, context)
+        return await behaviour(request, context)
+
+    async def around_stream(
+        self,
+        behaviour: StreamBehaviour,
+        request: Any,
+        context: aio.ServicerContext[Any, Any],
+        method: str,
+    ) -> AsyncIterator[Any]:
+        await self._authenticate(method, context)
+        async for response in behaviour(request, context):
+            yield response
+
+    async def _authenticate(self, method: str, context: aio.ServicerContext[Any, Any]) -> None:
+        policy = self._permissions.get(method)
+        if policy is not None and policy.public:
+            return
+        platform_identity = self._platform_identity(context)
+        presented = presented_api_key(_text_metadata(context))
+        if presented is None:
+            if platform_identity is None:
+                raise errors.Unauthenticated(INVALID_CREDENTIALS)
+            current_call_state().principal = Principal(platform_identity=platform_identity)
+            return
+        key = await self._verifier.verify(presented)
+        self._usage.note(key.organization_id, key.key_id, self._now())
+        current_call_state().principal = Principal(
+            organization_id=key.organization_id,
+            mode=key.mode,
+            key_kind=key.kind,
+            role=key.role if key.kind is KeyKind.SECRET else None,
+            key_id=key.key_id,
+            platform_identity=platform_identity,
+        )
+
+    def _platform_identity(self, context: aio.ServicerContext[Any, Any]) -> str | None:
+        if not self._platform_principals:
+            return None
+        # Only present when the client certificate verified against the client CA.
+        identities = peer_identities(context.auth_context() or {})
+        allowed = sorted(identities & self._platform_principals)
+        return allowed[0] if allowed else None
