@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fanfare_grpc.app import Application
+from fanfare_grpc.app import Application, Clock, utc_now
 from fanfare_grpc.domain.organizations import NewOrganization, create_organization
 from fanfare_grpc.permissions import PERMISSIONS, MethodPolicy
 from fanfare_grpc.server import RunningServer, start_server
@@ -74,10 +74,11 @@ async def start_migrated_server(
     extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
     permissions: Mapping[str, MethodPolicy] = PERMISSIONS,
     run_worker: bool = True,
+    clock: Clock = utc_now,
 ) -> RunningServer:
     """Migrate the database, then start an in-process server on a free port."""
     await migrate.upgrade_to_head(settings.effective_database_url)
-    application = Application.build(settings, permissions=permissions)
+    application = Application.build(settings, permissions=permissions, clock=clock)
     return await start_server(application, extra_handlers=extra_handlers, run_worker=run_worker)
 
 
