@@ -123,5 +123,6 @@ PERMISSIONS: Mapping[str, MethodPolicy] = {
     # Health and discovery need no credentials (still rate limited by IP, later).
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,
+    "/grpc.health.v1.Health/List": PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
 }

@@ -1,0 +1,101 @@
+"""PostgreSQL row-level security: a query that forgets its organization sees nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from fanfare_grpc.app import Application
+from fanfare_grpc.domain.organizations import NewOrganization, create_organization
+from fanfare_grpc.storage import migrate
+from fanfare_grpc.storage.database import Database
+from tests.conftest import embedded_settings
+
+
+@pytest.fixture
+async def application(postgres_url: str, tmp_path: Path) -> AsyncIterator[Application]:
+    await migrate.upgrade_to_head(postgres_url)
+    app = Application.build(
+        dataclasses.replace(embedded_settings(tmp_path), database_url=postgres_url)
+    )
+    try:
+        yield app
+    finally:
+        await app.close()
+
+
+async def _organization(application: Application, name: str) -> NewOrganization:
+    return await create_organization(
+        application.organizations, application.envelope, name, application.clock()
+    )
+
+
+async def test_service_role_is_subject_to_row_level_security(application: Application) -> None:
+    await _organization(application, "Acme")
+    async with application.database.engine.connect() as connection:
+        role = (
+            await connection.execute(
+                text(
+                    "SELECT current_user, r.rolsuper, r.rolbypassrls, t.tableowner "
+                    "FROM pg_roles r, pg_tables t "
+                    "WHERE r.rolname = current_user AND t.tablename = 'api_keys'"
+                )
+            )
+        ).one()
+    user, is_superuser, bypasses_rls, owner = role
+    assert user == "fanfare_app"
+    assert not is_superuser and not bypasses_rls
+    assert owner != user
+
+
+async def test_unscoped_queries_see_no_rows(application: Application) -> None:
+    await _organization(application, "Acme")
+    await _organization(application, "Globex")
+    async with application.database.engine.connect() as connection:
+        for table in ("organizations", "organization_keys", "api_keys"):
+            # Bypassing the repositories: no organization scope, so nothing at all.
+            assert await connection.scalar(text(f"SELECT count(*) FROM {table}")) == 0
+    # The rows are there: the owner sees them.
+    owner = Database.from_url(application.settings.effective_database_url, as_owner=True)
+    try:
+        async with owner.engine.connect() as connection:
+            assert await connection.scalar(text("SELECT count(*) FROM api_keys")) == 4
+    finally:
+        await owner.dispose()
+
+
+async def test_a_scoped_transaction_sees_and_writes_only_its_organization(
+    application: Application,
+) -> None:
+    acme = await _organization(application, "Acme")
+    globex = await _organization(application, "Globex")
+    acme_id = acme.organization.organization_id
+    globex_id = globex.organization.organization_id
+    async with application.database.transaction(acme_id) as session:
+        visible = set((await session.execute(text("SELECT org_id FROM api_keys"))).scalars())
+        assert visible == {acme_id}
+        # Even naming the other organization explicitly returns nothing.
+        assert (
+            await session.scalar(
+                text("SELECT count(*) FROM api_keys WHERE org_id = :org"), {"org": globex_id}
+            )
+            == 0
+        )
+    with pytest.raises(DBAPIError, match="row-level security"):
+        async with application.database.transaction(acme_id) as session:
+            await session.execute(
+                text(
+                    "INSERT INTO organizations (org_id, name, created_at) "
+                    "VALUES (:org, 'intruder', now())"
+                ),
+                {"org": "org_forged"},
+            )
+    with pytest.raises(DBAPIError, match="permission denied"):
+        async with application.database.transaction(acme_id) as session:
+            # Partitions are not reachable directly, around the parent's policies.
+            await session.execute(text("SELECT count(*) FROM api_keys_p00"))

@@ -1,0 +1,111 @@
+"""The permission table covers every RPC in the protos, and only those."""
+
+from __future__ import annotations
+
+import pytest
+from fanfare.audit.v1 import audit_service_pb2
+from fanfare.auth.v1 import auth_service_pb2
+from fanfare.queue.v1 import queue_service_pb2
+from fanfare.session.v1 import session_service_pb2
+from fanfare.webhook.v1 import webhook_service_pb2
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
+
+from fanfare_grpc import errors
+from fanfare_grpc.domain.access import KeyKind, Mode, Principal, Role
+from fanfare_grpc.interceptors.authorization import check_permission
+from fanfare_grpc.permissions import PERMISSIONS
+
+_MODULES = (
+    auth_service_pb2,
+    session_service_pb2,
+    queue_service_pb2,
+    webhook_service_pb2,
+    audit_service_pb2,
+    health_pb2,
+    reflection_pb2,
+)
+
+
+def _all_methods() -> set[str]:
+    methods = set()
+    for module in _MODULES:
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                methods.add(f"/{service.full_name}/{method.name}")
+    return methods
+
+
+def test_every_rpc_has_exactly_one_entry() -> None:
+    methods = _all_methods()
+    assert methods - set(PERMISSIONS) == set(), "RPCs without a permission entry"
+    assert set(PERMISSIONS) - methods == set(), "entries for RPCs that do not exist"
+
+
+def test_only_health_and_reflection_are_public() -> None:
+    public = {method for method, policy in PERMISSIONS.items() if policy.public}
+    assert public == {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.health.v1.Health/List",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    }
+
+
+def _secret(role: Role) -> Principal:
+    return Principal("org_a", Mode.TEST, KeyKind.SECRET, role, "key_a")
+
+
+PUBLISHABLE = Principal("org_a", Mode.TEST, KeyKind.PUBLISHABLE, None, "key_p")
+CONSUMER = Principal("org_a", Mode.TEST, KeyKind.PUBLISHABLE, None, "key_p", consumer_id="cons_a")
+PLATFORM = Principal(platform_identity="spiffe://fanfare/ops")
+
+KEY_MANAGEMENT = ("CreateApiKey", "ListApiKeys", "RotateApiKey", "RevokeApiKey")
+
+
+@pytest.mark.parametrize("rpc", KEY_MANAGEMENT)
+def test_key_management_is_admin_only(rpc: str) -> None:
+    policy = PERMISSIONS[f"/fanfare.auth.v1.AuthService/{rpc}"]
+    check_permission(policy, _secret(Role.ADMIN))
+    for principal in (
+        _secret(Role.OPERATOR),
+        _secret(Role.AUDITOR),
+        _secret(Role.READONLY),
+        PUBLISHABLE,
+        PLATFORM,
+    ):
+        with pytest.raises(errors.PermissionDenied):
+            check_permission(policy, principal)
+
+
+def test_create_organization_is_for_platform_principals_only() -> None:
+    policy = PERMISSIONS["/fanfare.auth.v1.AuthService/CreateOrganization"]
+    check_permission(policy, PLATFORM)
+    for principal in (_secret(Role.ADMIN), PUBLISHABLE):
+        with pytest.raises(errors.PermissionDenied):
+            check_permission(policy, principal)
+
+
+def test_consumer_rpcs_need_a_consumer_token_with_a_publishable_key() -> None:
+    policy = PERMISSIONS["/fanfare.queue.v1.QueueService/EnterQueue"]
+    with pytest.raises(errors.Unauthenticated):
+        check_permission(policy, PUBLISHABLE)
+    check_permission(policy, CONSUMER)
+    with pytest.raises(errors.PermissionDenied):
+        check_permission(policy, _secret(Role.ADMIN))
+
+
+def test_audit_is_for_admins_and_auditors() -> None:
+    policy = PERMISSIONS["/fanfare.audit.v1.AuditService/ListAuditEvents"]
+    check_permission(policy, _secret(Role.ADMIN))
+    check_permission(policy, _secret(Role.AUDITOR))
+    for role in (Role.OPERATOR, Role.READONLY):
+        with pytest.raises(errors.PermissionDenied):
+            check_permission(policy, _secret(role))
+
+
+def test_unknown_methods_and_anonymous_callers_are_denied() -> None:
+    with pytest.raises(errors.PermissionDenied):
+        check_permission(None, _secret(Role.ADMIN))
+    with pytest.raises(errors.PermissionDenied):
+        check_permission(PERMISSIONS["/fanfare.queue.v1.QueueService/ListQueues"], None)
