@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 from pathlib import Path
 
@@ -26,7 +27,13 @@ async def test_orgs_create_json_prints_exactly_one_object(tmp_path: Path) -> Non
     code, stdout, stderr = await run_cli("orgs", "create", "--name", "Acme", "--json", env=env)
     assert code == 0, stderr
     created = json.loads(stdout)
+    assert stdout.count("\n") == 1  # exactly one JSON object on stdout
+    assert set(created) == {"organization_id", "secret_key", "live_secret_key"}
     assert created["organization_id"].startswith("org_")
+    assert re.fullmatch(r"sk_test_[A-Za-z0-9]{32,}", created["secret_key"])
+    assert re.fullmatch(r"sk_live_[A-Za-z0-9]{32,}", created["live_secret_key"])
+    for secret in (created["secret_key"], created["live_secret_key"]):
+        assert secret not in stderr  # shown once, on stdout only
     code, stdout, _ = await run_cli("orgs", "create", "--name", "Acme", env=env)
     assert code == 0
     assert stdout.startswith("organization_id: org_")
@@ -65,12 +72,32 @@ async def test_bad_configuration_is_reported_not_raised(tmp_path: Path) -> None:
 async def test_serve_answers_grpcurl_and_stops_on_sigterm(tmp_path: Path) -> None:
     env = process_env(tmp_path)
     assert (await run_cli("migrate", env=env))[0] == 0
+    code, stdout, _ = await run_cli("orgs", "create", "--name", "Acme", "--json", env=env)
+    created = json.loads(stdout)
     server = await ServerProcess.start(["fanfare_grpc", "serve"], env)
     try:
         address = await server.wait_listening()
         code, stdout, stderr = await run_grpcurl("-plaintext", address, "list")
         assert code == 0, stderr
         assert "fanfare.queue.v1.QueueService" in stdout.split()
+        # The keys printed by `orgs create` are real ADMIN keys of their mode.
+        for field, mode in (("secret_key", "MODE_TEST"), ("live_secret_key", "MODE_LIVE")):
+            code, stdout, stderr = await run_grpcurl(
+                "-plaintext",
+                "-H",
+                f"authorization: Bearer {created[field]}",
+                "-d",
+                "{}",
+                address,
+                "fanfare.auth.v1.AuthService/ListApiKeys",
+            )
+            assert code == 0, stderr
+            listed = json.loads(stdout)["api_keys"]
+            assert [(key["mode"], key["role"]) for key in listed] == [(mode, "ROLE_ADMIN")]
+        code, _, stderr = await run_grpcurl(
+            "-plaintext", "-d", "{}", address, "fanfare.auth.v1.AuthService/ListApiKeys"
+        )
+        assert code != 0 and "Unauthenticated" in stderr
         server.process.send_signal(signal.SIGTERM)
         assert await server.wait_exit() == 0
     finally:
