@@ -12,7 +12,7 @@ VALIDATE_DESCRIPTOR := build/protovalidate.binpb
 PROTO_IMAGE := build/fanfare.binpb
 # Proto files relative to protos/, the import root.
 PROTO_FILES = $(shell cd protos && find fanfare -name '*.proto' | LC_ALL=C sort)
-PYTHON_PATHS := src tests tools
+PYTHON_PATHS := src tests tools bench
 PROTOC = PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc
 
 .PHONY: help venv run test gen lint breaking fmt proto-image clean

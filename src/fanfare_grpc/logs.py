@@ -35,6 +35,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+# Drivers that log statement parameters (secrets, hashes) at DEBUG: never below WARNING.
+QUIET_LOGGERS = ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "psycopg", "redis")
+
+
 def configure_logging(level: str, stream: TextIO | None = None) -> None:
     """Send every ``fanfare_grpc`` (and root) log record to ``stream`` as JSON."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -44,3 +48,5 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

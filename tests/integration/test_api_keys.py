@@ -22,7 +22,7 @@ from grpc_status import rpc_status
 
 from fanfare_grpc.authentication.key_verifier import INVALID_CREDENTIALS
 from fanfare_grpc.domain.organizations import NewOrganization
-from fanfare_grpc.logs import JsonFormatter
+from fanfare_grpc.logs import QUIET_LOGGERS, JsonFormatter, configure_logging
 from fanfare_grpc.server import RunningServer
 from tests.clock import MutableClock
 from tests.conftest import BackendSettings, new_organization, start_migrated_server
@@ -473,3 +473,42 @@ async def test_last_used_at_is_batched(world: World) -> None:
     listed = {item.key_id: item for item in (await world.list_keys(world.admin)).api_keys}
     used = listed[key.api_key.key_id].last_used_at.ToDatetime(tzinfo=dt.UTC)
     assert abs(used - world.clock()) < dt.timedelta(minutes=1)
+
+
+async def test_no_secret_or_hash_reaches_logs_errors_or_lists(world: World) -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    previous_handlers, previous_level = list(root.handlers), root.level
+    # Exactly what `FANFARE_LOG_LEVEL=debug` configures in the server.
+    configure_logging("debug", stream)
+    secrets_seen: list[str] = [world.admin]
+    outputs: list[str] = []
+    try:
+        created = await world.create_key(world.admin, role="admin")
+        secrets_seen.append(created.secret)
+        rotated = await world.auth.RotateApiKey(
+            auth.RotateApiKeyRequest(key_id=created.api_key.key_id), metadata=bearer(world.admin)
+        )
+        secrets_seen.append(rotated.secret)
+        outputs.append(str(await world.list_keys(world.admin, include_revoked=True)))
+        for presented in (created.secret, created.secret[:-1] + "Z", rotated.secret + "x"):
+            try:
+                await world.list_keys(presented)
+            except aio.AioRpcError as error:
+                outputs.append(f"{error.details()} {error.trailing_metadata()}")
+        await world.server.application.key_usage.flush()
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in previous_handlers:
+            root.addHandler(handler)
+        root.setLevel(previous_level)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+    logged = stream.getvalue()
+    assert logged  # the calls were logged
+    everything = logged + "\n".join(outputs)
+    for secret in secrets_seen:
+        assert secret not in everything
+        assert secret[8:] not in everything  # not even without its prefix
+    assert "$2b$" not in everything  # no bcrypt hash either

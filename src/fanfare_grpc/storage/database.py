@@ -45,11 +45,18 @@ def create_engine(url: str, *, as_owner: bool = False) -> AsyncEngine:
     so row-level security applies) unless ``as_owner`` (migrations, key rotation).
     """
     parsed = async_database_url(url)
-    options: dict[str, Any] = {"pool_pre_ping": True}
+    # No pool_pre_ping: it costs a round trip per transaction. A connection that died
+    # with the server fails its next statement, and SQLAlchemy then invalidates the
+    # whole pool, so the database coming back is picked up on the next checkout.
+    options: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         options["connect_args"] = {"timeout": 30}
+        # Each aiosqlite connection is a thread; SQLite runs one writer at a time
+        # anyway, and more threads only fight over the GIL (measured in bench/).
+        options["pool_size"] = 2
+        options["max_overflow"] = 2
         engine = create_async_engine(parsed, **options)
         event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
         return engine
