@@ -23,8 +23,19 @@ from fanfare_grpc.servicers import register_servicers
 from fanfare_grpc.settings import Settings
 from fanfare_grpc.worker import Worker, background_jobs
 
-# Without this, a second server could bind the same fixed port and share traffic.
-_SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+_SERVER_OPTIONS = (
+    # Without this, a second server could bind the same fixed port and share traffic.
+    ("grpc.so_reuseport", 0),
+    # gRPC's default soft limit (8 KiB) rejects oversized metadata at random with
+    # RESOURCE_EXHAUSTED; with room above it, an oversized credential reaches
+    # authentication and gets the same UNAUTHENTICATED as any other bad key.
+    ("grpc.max_metadata_size", 32 * 1024),
+    ("grpc.absolute_max_metadata_size", 64 * 1024),
+)
+
+
+# Background tasks get this long to finish after cancellation (e.g. a final flush).
+_TASK_STOP_SECONDS = 5.0
 
 
 class ListenError(RuntimeError):
@@ -57,9 +68,16 @@ class RunningServer:
         await self.server.stop(grace_seconds)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        stopped, stuck = await asyncio.wait(self._tasks, timeout=_TASK_STOP_SECONDS)
+        for task in stuck:
+            logger.error("background task did not stop", extra={"task": task.get_name()})
+        for task in stopped:
+            if not task.cancelled() and task.exception() is not None:
+                logger.error(
+                    "background task failed",
+                    exc_info=task.exception(),
+                    extra={"task": task.get_name()},
+                )
         await self.application.close()
         logger.info("stopped")
 

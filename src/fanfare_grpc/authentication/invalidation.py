@@ -45,6 +45,10 @@ class KeyInvalidationListener:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    # Cleanup failed while we were being cancelled: stop, do not retry.
+                    raise asyncio.CancelledError from None
                 self._logger.warning(
                     "key invalidation channel lost; re-checking keys every 1 s", exc_info=True
                 )

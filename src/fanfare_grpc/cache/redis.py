@@ -7,6 +7,7 @@ atomically with the first increment.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -160,7 +161,9 @@ class RedisPubSub:
         try:
             yield _RedisSubscription(pubsub)
         finally:
-            await pubsub.unsubscribe()
+            # A dead connection must not turn a cancellation into another error.
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.unsubscribe()
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 

@@ -21,8 +21,8 @@ from fanfare_grpc.domain.api_keys import (
     generate_api_key,
     hash_api_key,
 )
+from fanfare_grpc.domain.names import normalized_name
 
-MAX_NAME_LENGTH = 200
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 NOT_FOUND_MESSAGE = "api key not found"
@@ -100,21 +100,6 @@ class KeyInvalidationPublisher(Protocol):
         ...
 
 
-def normalized_key_name(name: str) -> str:
-    """Trimmed, 1 to 200 characters.
-
-    Raises:
-        InvalidArgument: Empty or too long.
-    """
-    trimmed = name.strip()
-    if not trimmed or len(trimmed) > MAX_NAME_LENGTH:
-        raise errors.InvalidArgument(
-            "invalid api key name",
-            (errors.FieldViolation("name", f"must be 1 to {MAX_NAME_LENGTH} characters"),),
-        )
-    return trimmed
-
-
 async def issue_api_key(
     organization_id: str,
     mode: Mode,
@@ -148,7 +133,7 @@ async def issue_api_key(
         mode=mode,
         kind=kind,
         role=role,
-        name=normalized_key_name(name),
+        name=normalized_name(name, "api key"),
         lookup_id=generated.lookup_id,
         secret_hash=secret_hash,
         prefix=display_prefix(generated.plaintext),

@@ -7,14 +7,13 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Protocol
 
-from fanfare_grpc import errors
 from fanfare_grpc.crypto.envelope import Envelope, WrappedDataKey
 from fanfare_grpc.domain import ids
 from fanfare_grpc.domain.access import KeyKind, Mode, Role
 from fanfare_grpc.domain.api_key_service import IssuedKey, issue_api_key
 from fanfare_grpc.domain.api_keys import ApiKey
+from fanfare_grpc.domain.names import normalized_name
 
-MAX_NAME_LENGTH = 200
 FIRST_KEY_NAME = "First admin key"
 
 
@@ -50,27 +49,14 @@ class OrganizationStore(Protocol):
         ...
 
 
-def normalized_name(name: str) -> str:
-    """Trimmed name, checked for length.
-
-    Raises:
-        InvalidArgument: Empty or longer than ``MAX_NAME_LENGTH`` characters.
-    """
-    trimmed = name.strip()
-    if not trimmed or len(trimmed) > MAX_NAME_LENGTH:
-        raise errors.InvalidArgument(
-            "invalid organization name",
-            (errors.FieldViolation("name", f"must be 1 to {MAX_NAME_LENGTH} characters"),),
-        )
-    return trimmed
-
-
 async def create_organization(
     store: OrganizationStore, envelope: Envelope, name: str, now: dt.datetime
 ) -> NewOrganization:
     """Create an organization, its data key and one ADMIN secret key per mode."""
     organization = Organization(
-        organization_id=ids.new_id(ids.ORGANIZATION), name=normalized_name(name), created_at=now
+        organization_id=ids.new_id(ids.ORGANIZATION),
+        name=normalized_name(name, "organization"),
+        created_at=now,
     )
     data_key = envelope.new_data_key(organization.organization_id)
     test_key, live_key = [

@@ -8,7 +8,7 @@ gets the same UNAUTHENTICATED message, whatever was wrong.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from grpc import aio
@@ -20,8 +20,6 @@ from fanfare_grpc.domain.access import KeyKind, Principal
 from fanfare_grpc.interceptors.call_state import current_call_state
 from fanfare_grpc.interceptors.wrapping import (
     BehaviourInterceptor,
-    StreamBehaviour,
-    UnaryBehaviour,
 )
 from fanfare_grpc.permissions import MethodPolicy
 
@@ -84,26 +82,10 @@ class AuthenticationInterceptor(BehaviourInterceptor):
         self._platform_principals = platform_principals
         self._now = wall_clock
 
-    async def around_unary(
-        self,
-        behaviour: UnaryBehaviour,
-        request: Any,
-        context: aio.ServicerContext[Any, Any],
-        method: str,
-    ) -> Any:
+    async def before_call(
+        self, request: Any, context: aio.ServicerContext[Any, Any], method: str
+    ) -> None:
         await self._authenticate(method, context)
-        return await behaviour(request, context)
-
-    async def around_stream(
-        self,
-        behaviour: StreamBehaviour,
-        request: Any,
-        context: aio.ServicerContext[Any, Any],
-        method: str,
-    ) -> AsyncIterator[Any]:
-        await self._authenticate(method, context)
-        async for response in behaviour(request, context):
-            yield response
 
     async def _authenticate(self, method: str, context: aio.ServicerContext[Any, Any]) -> None:
         policy = self._permissions.get(method)

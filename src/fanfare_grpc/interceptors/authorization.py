@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from grpc import aio
@@ -12,8 +12,6 @@ from fanfare_grpc.domain.access import KeyKind, Principal
 from fanfare_grpc.interceptors.call_state import current_call_state
 from fanfare_grpc.interceptors.wrapping import (
     BehaviourInterceptor,
-    StreamBehaviour,
-    UnaryBehaviour,
 )
 from fanfare_grpc.permissions import ConsumerToken, MethodPolicy
 
@@ -49,23 +47,7 @@ class AuthorizationInterceptor(BehaviourInterceptor):
     def __init__(self, permissions: Mapping[str, MethodPolicy]) -> None:
         self._permissions = permissions
 
-    async def around_unary(
-        self,
-        behaviour: UnaryBehaviour,
-        request: Any,
-        context: aio.ServicerContext[Any, Any],
-        method: str,
-    ) -> Any:
+    async def before_call(
+        self, request: Any, context: aio.ServicerContext[Any, Any], method: str
+    ) -> None:
         check_permission(self._permissions.get(method), current_call_state().principal)
-        return await behaviour(request, context)
-
-    async def around_stream(
-        self,
-        behaviour: StreamBehaviour,
-        request: Any,
-        context: aio.ServicerContext[Any, Any],
-        method: str,
-    ) -> AsyncIterator[Any]:
-        check_permission(self._permissions.get(method), current_call_state().principal)
-        async for response in behaviour(request, context):
-            yield response

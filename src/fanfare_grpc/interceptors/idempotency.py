@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import descriptor_pool, message_factory
@@ -27,7 +27,6 @@ from fanfare_grpc.domain.access import KeyKind
 from fanfare_grpc.interceptors.call_state import current_call_state
 from fanfare_grpc.interceptors.wrapping import (
     BehaviourInterceptor,
-    StreamBehaviour,
     UnaryBehaviour,
 )
 from fanfare_grpc.permissions import MethodPolicy
@@ -113,17 +112,6 @@ class IdempotencyInterceptor(BehaviourInterceptor):
         self._permissions = permissions
         self._records = records
         self._envelope = envelope
-
-    async def around_stream(
-        self,
-        behaviour: StreamBehaviour,
-        request: Any,
-        context: aio.ServicerContext[Any, Any],
-        method: str,
-    ) -> AsyncIterator[Any]:
-        # No mutating RPC streams its response.
-        async for response in behaviour(request, context):
-            yield response
 
     async def around_unary(
         self,

@@ -8,7 +8,6 @@ rejected earlier carries the same entries in its trailers instead.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc import aio
@@ -16,38 +15,16 @@ from grpc import aio
 from fanfare_grpc.interceptors.call_state import current_call_state
 from fanfare_grpc.interceptors.wrapping import (
     BehaviourInterceptor,
-    StreamBehaviour,
-    UnaryBehaviour,
 )
 
 
 class ResponseHeadersInterceptor(BehaviourInterceptor):
     """Flushes ``CallState.response_headers`` as initial metadata."""
 
-    async def around_unary(
-        self,
-        behaviour: UnaryBehaviour,
-        request: Any,
-        context: aio.ServicerContext[Any, Any],
-        method: str,
-    ) -> Any:
-        await _flush(context)
-        return await behaviour(request, context)
-
-    async def around_stream(
-        self,
-        behaviour: StreamBehaviour,
-        request: Any,
-        context: aio.ServicerContext[Any, Any],
-        method: str,
-    ) -> AsyncIterator[Any]:
-        await _flush(context)
-        async for response in behaviour(request, context):
-            yield response
-
-
-async def _flush(context: aio.ServicerContext[Any, Any]) -> None:
-    state = current_call_state()
-    if not state.headers_sent:
-        state.headers_sent = True
-        await context.send_initial_metadata(tuple(state.response_headers))
+    async def before_call(
+        self, request: Any, context: aio.ServicerContext[Any, Any], method: str
+    ) -> None:
+        state = current_call_state()
+        if not state.headers_sent:
+            state.headers_sent = True
+            await context.send_initial_metadata(tuple(state.response_headers))

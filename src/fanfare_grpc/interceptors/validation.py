@@ -6,7 +6,6 @@ answered with INVALID_ARGUMENT and a ``google.rpc.BadRequest`` naming each field
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import protovalidate
@@ -16,8 +15,6 @@ from grpc import aio
 from fanfare_grpc import errors
 from fanfare_grpc.interceptors.wrapping import (
     BehaviourInterceptor,
-    StreamBehaviour,
-    UnaryBehaviour,
 )
 
 INVALID_REQUEST_MESSAGE = "invalid request"
@@ -29,26 +26,10 @@ class RequestValidationInterceptor(BehaviourInterceptor):
     def __init__(self, validator: protovalidate.Validator) -> None:
         self._validator = validator
 
-    async def around_unary(
-        self,
-        behaviour: UnaryBehaviour,
-        request: Any,
-        context: aio.ServicerContext[Any, Any],
-        method: str,
-    ) -> Any:
+    async def before_call(
+        self, request: Any, context: aio.ServicerContext[Any, Any], method: str
+    ) -> None:
         self._check(request)
-        return await behaviour(request, context)
-
-    async def around_stream(
-        self,
-        behaviour: StreamBehaviour,
-        request: Any,
-        context: aio.ServicerContext[Any, Any],
-        method: str,
-    ) -> AsyncIterator[Any]:
-        self._check(request)
-        async for response in behaviour(request, context):
-            yield response
 
     def _check(self, request: Any) -> None:
         # Client-streaming requests arrive as iterators; our API has none yet.

@@ -47,9 +47,16 @@ async def iterate_stream(
 class BehaviourInterceptor(aio.ServerInterceptor):
     """Wraps every RPC's behaviour with ``around_unary`` / ``around_stream``.
 
-    Subclasses override the two hooks. ``method`` is the full method name
+    Layers that only check or prepare something before the call override
+    ``before_call``; layers that act around the call override the two ``around_*``
+    hooks. ``method`` is the full method name
     (``/fanfare.queue.v1.QueueService/EnterQueue``).
     """
+
+    async def before_call(
+        self, request: Any, context: aio.ServicerContext[Any, Any], method: str
+    ) -> None:
+        """Runs before the next layer of every call (raise to reject it)."""
 
     async def around_unary(
         self,
@@ -59,9 +66,10 @@ class BehaviourInterceptor(aio.ServerInterceptor):
         method: str,
     ) -> Any:
         """Run the next layer of a unary-response call; override to act around it."""
+        await self.before_call(request, context, method)
         return await behaviour(request, context)
 
-    def around_stream(
+    async def around_stream(
         self,
         behaviour: StreamBehaviour,
         request: Any,
@@ -69,7 +77,9 @@ class BehaviourInterceptor(aio.ServerInterceptor):
         method: str,
     ) -> AsyncIterator[Any]:
         """Run the next layer of a stream-response call; override to act around it."""
-        return behaviour(request, context)
+        await self.before_call(request, context, method)
+        async for response in behaviour(request, context):
+            yield response
 
     async def intercept_service(
         self,
