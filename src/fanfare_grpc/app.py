@@ -47,6 +47,10 @@ class SchemaOutOfDate(RuntimeError):
     """The database is reachable but not migrated to this version's schema."""
 
 
+class UnsharedCache(RuntimeError):
+    """A shared database with the in-process cache: replicas would not see each other."""
+
+
 @dataclasses.dataclass
 class Application:
     """The dependencies one process shares between its servicers and workers."""
@@ -98,7 +102,9 @@ class Application:
             permissions=permissions,
             organizations=SqlOrganizationStore(database),
             api_keys=api_keys,
-            key_service=ApiKeyService(api_keys, PubSubKeyInvalidations(cache.pubsub), clock),
+            key_service=ApiKeyService(
+                api_keys, PubSubKeyInvalidations(cache.pubsub, logger), clock
+            ),
             key_verifier=verifier,
             key_usage=KeyUsageRecorder(api_keys, logger),
             key_invalidation_listener=KeyInvalidationListener(cache.pubsub, verifier, logger),
@@ -125,6 +131,21 @@ class Application:
         if current != migrate.head_revision():
             raise SchemaOutOfDate("database schema is not up to date: run `fanfare-grpc migrate`")
         return True
+
+    def check_shared_state(self) -> None:
+        """Refuse the in-process cache when the database is shared by replicas.
+
+        PostgreSQL means several replicas may run; revocations, idempotency records,
+        limits and queue positions must then live in Redis.
+
+        Raises:
+            UnsharedCache: PostgreSQL without ``FANFARE_REDIS_URL``.
+        """
+        if self.database.dialect == "postgresql" and not self.cache.shared_between_processes:
+            raise UnsharedCache(
+                "FANFARE_DATABASE_URL is PostgreSQL (shared by replicas): "
+                "set FANFARE_REDIS_URL too; the in-process cache cannot be shared"
+            )
 
     async def close(self) -> None:
         """Release connections."""

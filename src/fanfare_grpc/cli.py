@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from fanfare_grpc import errors
-from fanfare_grpc.app import LOGGER_NAME, Application, SchemaOutOfDate
+from fanfare_grpc.app import LOGGER_NAME, Application, SchemaOutOfDate, UnsharedCache
 from fanfare_grpc.crypto.master_keys import (
     MasterKeyError,
     add_dev_master_key,
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_create_organization(settings, arguments.name, arguments.json))
         elif arguments.command == "master-key":
             asyncio.run(_rotate_master_key(settings))
-    except (SchemaOutOfDate, ListenError, MasterKeyError) as error:
+    except (SchemaOutOfDate, ListenError, MasterKeyError, UnsharedCache) as error:
         print(f"fanfare-grpc: {error}", file=sys.stderr)
         return 1
     except errors.FanfareError as error:

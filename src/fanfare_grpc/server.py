@@ -114,6 +114,7 @@ async def start_server(
     """
     settings = application.settings
     logger = application.logger
+    application.check_shared_state()
     if not await application.check_schema():
         logger.warning("database unreachable at startup; serving NOT_SERVING until it returns")
 
@@ -225,6 +226,7 @@ async def run_worker_process(settings: Settings) -> None:
     application = Application.build(settings)
     stop = asyncio.Event()
     try:
+        application.check_shared_state()
         await application.check_schema()
         worker = Worker(
             background_jobs(),

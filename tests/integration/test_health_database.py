@@ -14,6 +14,7 @@ from sqlalchemy import make_url
 
 from fanfare_grpc.server import RunningServer
 from fanfare_grpc.servicers import SERVICE_NAMES
+from tests.backends import REDIS_URL
 from tests.conftest import embedded_settings, start_migrated_server
 from tests.tcp_proxy import TcpProxy
 
@@ -51,12 +52,14 @@ async def _wait_for(address: str, wanted: int, timeout: float = 15.0) -> None:
 
 
 async def test_health_tracks_database_reachability(
-    proxy: tuple[TcpProxy, str], tmp_path: Path
+    proxy: tuple[TcpProxy, str], tmp_path: Path, redis_prefix: str
 ) -> None:
     tcp_proxy, proxied_url = proxy
     settings = dataclasses.replace(
         embedded_settings(tmp_path),
         database_url=proxied_url,
+        redis_url=REDIS_URL,
+        redis_key_prefix=redis_prefix,
         health_check_interval_seconds=0.1,
         health_check_timeout_seconds=1.0,
     )

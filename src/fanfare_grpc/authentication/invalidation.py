@@ -15,11 +15,20 @@ RECONNECT_DELAY_SECONDS = 0.5
 class PubSubKeyInvalidations:
     """``KeyInvalidationPublisher`` that broadcasts key ids on ``CHANNEL``."""
 
-    def __init__(self, pubsub: PubSub) -> None:
+    def __init__(self, pubsub: PubSub, logger: logging.Logger) -> None:
         self._pubsub = pubsub
+        self._logger = logger
 
     async def key_changed(self, key_id: str) -> None:
-        await self._pubsub.publish(CHANNEL, key_id)
+        # The change is committed already: failing the call now would hide its result
+        # (a rotated key's new secret). If Redis cannot take the message, the
+        # replicas' subscriptions are down too, and they re-check keys every second.
+        try:
+            await self._pubsub.publish(CHANNEL, key_id)
+        except Exception:
+            self._logger.warning(
+                "could not broadcast a key change", extra={"key_id": key_id}, exc_info=True
+            )
 
 
 class KeyInvalidationListener:

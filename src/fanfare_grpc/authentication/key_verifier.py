@@ -5,10 +5,14 @@
   every call (expiry from the cached record, revocation through invalidations).
 - Negative cache: unknown or wrong keys are refused without a database query or
   bcrypt for a short while, so floods of garbage keys cannot pin the CPU.
-- A per-lookup-id failure counter (shared through the cache backend) stops
-  guessing at one key's secret from costing bcrypt time without bound.
+- A counter per lookup id *and client* (shared through the cache backend) caps the
+  bcrypt checks one client can cause against one key; other clients, and the key's
+  legitimate holder, are never locked out by it.
 - bcrypt runs in worker threads behind a semaphore, never on the event loop, and
-  concurrent misses for the same key share one verification.
+  concurrent misses for the same key share one verification, which runs in its own
+  task so that one caller going away does not fail the others.
+- A verification that overlapped an invalidation re-reads the key's state before
+  it is cached, so a revocation published mid-bcrypt is never lost.
 - Invalidations (``KeyInvalidationListener``) mark cached entries stale; while the
   listener is disconnected, entries older than ``STALE_AFTER`` are re-checked
   against the database, so a revocation is never missed for more than 2 s.
@@ -35,6 +39,7 @@ POSITIVE_TTL_SECONDS = 300.0
 NEGATIVE_TTL_SECONDS = 10.0
 STALE_AFTER_SECONDS = 1.0
 MAX_CACHED_KEYS = 100_000
+# Uncached verifications one client may cause per key per window (bcrypt each).
 FAILURES_PER_WINDOW = 10
 FAILURE_WINDOW_SECONDS = 60.0
 BCRYPT_THREADS = 2
@@ -81,12 +86,18 @@ class KeyVerifier:
         self._digests_by_key: dict[str, set[str]] = collections.defaultdict(set)
         self._refused: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._in_flight: dict[str, asyncio.Future[ApiKey]] = {}
+        # Bumped by every invalidation: a verification that saw it change re-checks.
+        self._generation = 0
         self._bcrypt_slots = asyncio.Semaphore(BCRYPT_THREADS)
         self.invalidations_connected = False
         self.bcrypt_checks = 0
 
-    async def verify(self, presented: str) -> ApiKey:
+    async def verify(self, presented: str, client: str = "") -> ApiKey:
         """The usable key behind ``presented``.
+
+        Args:
+            presented: The credential as sent.
+            client: A digest identifying the caller (keyed IP hash) for attempt limits.
 
         Raises:
             Unauthenticated: Malformed, unknown, wrong, revoked or expired (one message).
@@ -101,26 +112,27 @@ class KeyVerifier:
         refused_until = self._refused.get(digest)
         if refused_until is not None and refused_until > self._monotonic():
             raise _refuse()
-        in_flight = self._in_flight.get(digest)
-        if in_flight is not None:
-            return await asyncio.shield(in_flight)
-        future: asyncio.Future[ApiKey] = asyncio.get_running_loop().create_future()
-        self._in_flight[digest] = future
-        try:
-            key = await self._verify_slowly(digest, parsed.lookup_id, presented)
-        except BaseException as error:
-            future.set_exception(error)
-            # Nobody else may be waiting: mark the exception as retrieved.
-            future.exception()
-            raise
-        else:
-            future.set_result(key)
-            return key
-        finally:
-            del self._in_flight[digest]
+        verification = self._in_flight.get(digest)
+        if verification is None:
+            verification = asyncio.ensure_future(
+                self._verify_slowly(digest, parsed.lookup_id, presented, client)
+            )
+            self._in_flight[digest] = verification
+            verification.add_done_callback(self._verification_done)
+        # Shielded: a caller that goes away must not cancel the check others await.
+        return await asyncio.shield(verification)
+
+    def _verification_done(self, verification: asyncio.Future[ApiKey]) -> None:
+        for digest, running in list(self._in_flight.items()):
+            if running is verification:
+                del self._in_flight[digest]
+        if not verification.cancelled():
+            # Retrieved here so that a check nobody awaits any more logs no warning.
+            verification.exception()
 
     def key_changed(self, key_id: str) -> None:
         """A key was revoked or rotated: re-check its state before the next use."""
+        self._generation += 1
         for digest in self._digests_by_key.get(key_id, ()):
             entry = self._verified.get(digest)
             if entry is not None:
@@ -128,6 +140,7 @@ class KeyVerifier:
 
     def everything_changed(self) -> None:
         """Invalidations may have been missed: re-check every cached key's state."""
+        self._generation += 1
         for entry in self._verified.values():
             entry.state_checked_at = float("-inf")
 
@@ -149,21 +162,32 @@ class KeyVerifier:
         self._verified.move_to_end(digest)
         return cached.key
 
-    async def _verify_slowly(self, digest: str, lookup_id: str, presented: str) -> ApiKey:
-        failure_key = f"auth-failures:{lookup_id}"
-        if await self._failures.get(failure_key) >= FAILURES_PER_WINDOW:
-            raise _refuse()
+    async def _verify_slowly(
+        self, digest: str, lookup_id: str, presented: str, client: str
+    ) -> ApiKey:
+        generation = self._generation
         key = await self._records.find_by_lookup_id(lookup_id)
         if key is None:
             self._remember_refusal(digest)
+            raise _refuse()
+        # Attempts are counted before bcrypt, so concurrent guesses cannot overshoot.
+        attempts = await self._failures.increment(
+            f"auth-attempts:{lookup_id}:{client}", 1, FAILURE_WINDOW_SECONDS
+        )
+        if attempts.value > FAILURES_PER_WINDOW:
             raise _refuse()
         async with self._bcrypt_slots:
             self.bcrypt_checks += 1
             matches = await asyncio.to_thread(api_key_matches, presented, key.secret_hash)
         if not matches:
-            await self._failures.increment(failure_key, 1, FAILURE_WINDOW_SECONDS)
             self._remember_refusal(digest)
             raise _refuse()
+        if generation != self._generation:
+            # An invalidation arrived while we looked: the record may be stale.
+            current = await self._records.get(key.organization_id, key.mode, key.key_id)
+            if current is None or current.secret_hash != key.secret_hash:
+                raise _refuse()
+            key = current
         if not key.usable_at(self._now()):
             self._remember_refusal(digest)
             raise _refuse()

@@ -16,6 +16,7 @@ from grpc import aio
 from fanfare_grpc import errors
 from fanfare_grpc.authentication.key_verifier import INVALID_CREDENTIALS, KeyVerifier
 from fanfare_grpc.authentication.usage import KeyUsageRecorder
+from fanfare_grpc.crypto.digests import KeyedDigester
 from fanfare_grpc.domain.access import KeyKind, Principal
 from fanfare_grpc.interceptors.call_state import current_call_state
 from fanfare_grpc.interceptors.wrapping import (
@@ -57,6 +58,16 @@ def peer_identities(auth_context: Mapping[str, Any]) -> set[str]:
     return identities
 
 
+def peer_host(peer: str) -> str:
+    """The address part of a gRPC peer string (``ipv4:1.2.3.4:5678`` → ``1.2.3.4``)."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    return peer
+
+
 def _text_metadata(context: aio.ServicerContext[Any, Any]) -> dict[str, str]:
     metadata: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
@@ -75,7 +86,9 @@ class AuthenticationInterceptor(BehaviourInterceptor):
         usage: KeyUsageRecorder,
         platform_principals: frozenset[str],
         wall_clock: Callable[[], dt.datetime],
+        client_digester: KeyedDigester,
     ) -> None:
+        self._client_digester = client_digester
         self._permissions = permissions
         self._verifier = verifier
         self._usage = usage
@@ -98,7 +111,7 @@ class AuthenticationInterceptor(BehaviourInterceptor):
                 raise errors.Unauthenticated(INVALID_CREDENTIALS)
             current_call_state().principal = Principal(platform_identity=platform_identity)
             return
-        key = await self._verifier.verify(presented)
+        key = await self._verifier.verify(presented, self._client(context))
         self._usage.note(key.organization_id, key.key_id, self._now())
         current_call_state().principal = Principal(
             organization_id=key.organization_id,
@@ -108,6 +121,10 @@ class AuthenticationInterceptor(BehaviourInterceptor):
             key_id=key.key_id,
             platform_identity=platform_identity,
         )
+
+    def _client(self, context: aio.ServicerContext[Any, Any]) -> str:
+        """Keyed digest of the caller's IP (raw IPs are never kept)."""
+        return self._client_digester.digest(peer_host(context.peer() or ""))
 
     def _platform_identity(self, context: aio.ServicerContext[Any, Any]) -> str | None:
         if not self._platform_principals:

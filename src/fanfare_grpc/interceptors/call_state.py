@@ -33,7 +33,7 @@ class CallState:
         request_id: Sent back as ``x-request-id``; also in logs (and audit, later).
         started_at: ``time.perf_counter()`` at the start of the call.
         response_headers: Initial metadata the layers want to send; flushed by the
-            innermost layer right before the servicer runs.
+            response-headers layer before any work (servicer or idempotent replay).
         headers_sent: Whether ``response_headers`` went out as initial metadata.
         principal: Who is calling, once authentication has run.
     """

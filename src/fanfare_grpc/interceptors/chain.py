@@ -29,12 +29,17 @@ def build_interceptor_chain(application: Application) -> list[aio.ServerIntercep
             application.key_usage,
             frozenset(application.settings.platform_principals),
             application.clock,
+            application.envelope.deployment_ip_digester(),
         ),
         AuthorizationInterceptor(application.permissions),
         RequestValidationInterceptor(application.validator),
-        IdempotencyInterceptor(
-            application.permissions, application.cache.values, application.envelope
-        ),
-        # Always last: sends the initial metadata the layers above collected.
+        # Sends the initial metadata the layers above collected, before any work
+        # (and before an idempotent replay, which never reaches the servicer).
         ResponseHeadersInterceptor(),
+        IdempotencyInterceptor(
+            application.permissions,
+            application.cache.values,
+            application.envelope,
+            application.logger,
+        ),
     ]

@@ -11,8 +11,10 @@ are shown exactly once: a replay returns the same response with them cleared.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,7 +110,9 @@ class IdempotencyInterceptor(BehaviourInterceptor):
         permissions: Mapping[str, MethodPolicy],
         records: KeyValueStore,
         envelope: Envelope,
+        logger: logging.Logger,
     ) -> None:
+        self._logger = logger
         self._permissions = permissions
         self._records = records
         self._envelope = envelope
@@ -145,21 +149,51 @@ class IdempotencyInterceptor(BehaviourInterceptor):
         try:
             response = await behaviour(request, context)
         except errors.FanfareError as error:
-            await self._store(record_key, fingerprint, {"error": _stored_error(error)})
+            if isinstance(error, errors.Unavailable):
+                await self._forget(record_key)
+            else:
+                await self._store_or_forget(
+                    record_key, fingerprint, {"error": _stored_error(error)}
+                )
             raise
         except BaseException:
-            # Not a definite outcome (crash, cancellation): let the client retry.
-            await self._records.delete(record_key)
+            # Not a definite outcome (crash, cancellation, outage): the client retries.
+            await self._forget(record_key)
             raise
-        sealed = await self._envelope.encrypt(
-            organization_id,
-            "idempotency",
-            "response",
-            key_digest,
-            _without_secrets(response).SerializeToString(),
+        try:
+            sealed = await self._envelope.encrypt(
+                organization_id,
+                "idempotency",
+                "response",
+                key_digest,
+                _without_secrets(response).SerializeToString(),
+            )
+        except Exception:
+            self._logger.warning("could not seal an idempotent response", exc_info=True)
+            await self._forget(record_key)
+            return response
+        await self._store_or_forget(
+            record_key, fingerprint, {"response": base64.b64encode(sealed).decode()}
         )
-        await self._store(record_key, fingerprint, {"response": base64.b64encode(sealed).decode()})
         return response
+
+    async def _store_or_forget(
+        self, record_key: str, fingerprint: str, outcome: dict[str, Any]
+    ) -> None:
+        """Store the outcome; if that fails, drop the running marker instead.
+
+        The call itself is over: its result goes back to the client either way, and
+        a retry must not stay ABORTED for minutes.
+        """
+        try:
+            await self._store(record_key, fingerprint, outcome)
+        except Exception:
+            self._logger.warning("could not store an idempotent outcome", exc_info=True)
+            await self._forget(record_key)
+
+    async def _forget(self, record_key: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._records.delete(record_key)
 
     async def _store(self, record_key: str, fingerprint: str, outcome: dict[str, Any]) -> None:
         record = {"state": _DONE, "fingerprint": fingerprint, **outcome}

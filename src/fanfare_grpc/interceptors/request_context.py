@@ -17,6 +17,7 @@ import grpc
 from grpc import aio
 
 from fanfare_grpc import errors
+from fanfare_grpc.backends import is_backend_unavailable
 from fanfare_grpc.interceptors.call_state import (
     REQUEST_ID_HEADER,
     CallState,
@@ -36,6 +37,7 @@ from fanfare_grpc.interceptors.wrapping import (
 )
 
 _QUIET_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+UNAVAILABLE_MESSAGE = "service temporarily unavailable, retry later"
 # A gRPC outcome already (an inner abort) or the client went away: nothing to map.
 _ALREADY_AN_OUTCOME = (aio.AbortError, asyncio.CancelledError, GeneratorExit)
 
@@ -101,6 +103,16 @@ class RequestContextInterceptor(BehaviourInterceptor):
             return status_for_domain_error(error)
         if isinstance(error, NotImplementedError):
             return status_for_unimplemented()
+        if is_backend_unavailable(error):
+            self._logger.warning(
+                "backend unavailable",
+                extra={
+                    "method": state.method,
+                    "request_id": state.request_id,
+                    "error": type(error).__name__,
+                },
+            )
+            return status_for_domain_error(errors.Unavailable(UNAVAILABLE_MESSAGE))
         self._logger.error(
             "unexpected error",
             exc_info=error,

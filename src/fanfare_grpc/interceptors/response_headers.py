@@ -1,8 +1,8 @@
-"""Innermost layer: send the initial metadata the outer layers collected.
+"""Last layer before the work: send the initial metadata the outer layers collected.
 
 Initial metadata can be sent once per call, and several layers contribute to it
 (``x-request-id`` now, ``x-ratelimit-*`` later), so each layer queues its entries in
-the call state and this layer sends them just before the servicer runs. A call
+the call state and this layer sends them before the servicer (or a replay) runs. A call
 rejected earlier carries the same entries in its trailers instead.
 """
 

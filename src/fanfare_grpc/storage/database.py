@@ -48,7 +48,8 @@ def create_engine(url: str, *, as_owner: bool = False) -> AsyncEngine:
     # No pool_pre_ping: it costs a round trip per transaction. A connection that died
     # with the server fails its next statement, and SQLAlchemy then invalidates the
     # whole pool, so the database coming back is picked up on the next checkout.
-    options: dict[str, Any] = {}
+    # Statement parameters (hashes, ciphertexts) never appear in exception texts.
+    options: dict[str, Any] = {"hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
