@@ -24,7 +24,7 @@ from fanfare_grpc.authentication.usage import KeyUsageRecorder
 from fanfare_grpc.cache.factory import open_cache
 from fanfare_grpc.cache.protocols import Cache
 from fanfare_grpc.crypto.envelope import Envelope
-from fanfare_grpc.crypto.master_keys import load_master_key_ring
+from fanfare_grpc.crypto.master_keys import MasterKeyRing, load_master_key_ring
 from fanfare_grpc.domain.api_key_service import ApiKeyService
 from fanfare_grpc.permissions import PERMISSIONS, MethodPolicy
 from fanfare_grpc.settings import Settings
@@ -86,9 +86,13 @@ class Application:
         logger = logging.getLogger(LOGGER_NAME)
         database = Database.from_url(settings.effective_database_url)
         cache = open_cache(settings)
-        ring = load_master_key_ring(
-            settings.master_key, settings.master_keys_old, settings.data_dir
-        )
+
+        def load_ring() -> MasterKeyRing:
+            return load_master_key_ring(
+                settings.master_key, settings.master_keys_old, settings.data_dir
+            )
+
+        ring = load_ring()
         api_keys = SqlApiKeyStore(database)
         verifier = KeyVerifier(api_keys, cache.counters, wall_clock=clock)
         return cls(
@@ -98,7 +102,7 @@ class Application:
             database=database,
             cache=cache,
             validator=protovalidate.Validator(),
-            envelope=Envelope(ring, SqlDataKeyStore(database)),
+            envelope=Envelope(ring, SqlDataKeyStore(database), reload_ring=load_ring),
             permissions=permissions,
             organizations=SqlOrganizationStore(database),
             api_keys=api_keys,

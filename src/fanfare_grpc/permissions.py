@@ -1,5 +1,8 @@
 """The permission table: one entry per RPC, keyed by full method name.
 
+It follows API.md's "who" column exactly: ``sk[OPERATOR]`` means ADMIN or OPERATOR,
+a bare ``sk`` any role, AuditService ADMIN or AUDITOR.
+
 The authentication and authorization layers read only this table (Zitadel's
 ``AuthMethods``). A test fails if an RPC in the protos has no entry here.
 """
@@ -86,11 +89,11 @@ PERMISSIONS: Mapping[str, MethodPolicy] = {
     _SESSION + "GetSession": _consumer(),
     _SESSION + "RevokeSession": _consumer(OPERATORS, mutating=True),
     _SESSION + "ValidateSession": _secret(ANY_ROLE),
-    _SESSION + "ListSessions": _secret(ANY_ROLE),
+    _SESSION + "ListSessions": _secret(OPERATORS),
     # QueueService
     _QUEUE + "CreateQueue": _secret(OPERATORS, mutating=True),
-    _QUEUE + "GetQueue": MethodPolicy(publishable=True, secret_roles=ANY_ROLE),
-    _QUEUE + "ListQueues": _secret(ANY_ROLE),
+    _QUEUE + "GetQueue": MethodPolicy(publishable=True, secret_roles=OPERATORS),
+    _QUEUE + "ListQueues": _secret(OPERATORS),
     _QUEUE + "UpdateQueue": _secret(OPERATORS, mutating=True),
     _QUEUE + "DeleteQueue": _secret(OPERATORS, mutating=True),
     _QUEUE + "OpenQueue": _secret(OPERATORS, mutating=True),
@@ -107,13 +110,13 @@ PERMISSIONS: Mapping[str, MethodPolicy] = {
     _QUEUE + "GetQueueStats": _secret(ANY_ROLE),
     # WebhookService
     _WEBHOOK + "CreateWebhookEndpoint": _secret(OPERATORS, mutating=True),
-    _WEBHOOK + "ListWebhookEndpoints": _secret(ANY_ROLE),
-    _WEBHOOK + "GetWebhookEndpoint": _secret(ANY_ROLE),
+    _WEBHOOK + "ListWebhookEndpoints": _secret(OPERATORS),
+    _WEBHOOK + "GetWebhookEndpoint": _secret(OPERATORS),
     _WEBHOOK + "UpdateWebhookEndpoint": _secret(OPERATORS, mutating=True),
     _WEBHOOK + "DeleteWebhookEndpoint": _secret(OPERATORS, mutating=True),
     _WEBHOOK + "RotateWebhookSecret": _secret(OPERATORS, mutating=True),
     _WEBHOOK + "SendTestEvent": _secret(OPERATORS, mutating=True),
-    _WEBHOOK + "ListDeliveries": _secret(ANY_ROLE),
+    _WEBHOOK + "ListDeliveries": _secret(OPERATORS),
     _WEBHOOK + "RetryDelivery": _secret(OPERATORS, mutating=True),
     # AuditService
     _AUDIT + "ListAuditEvents": _secret(AUDITORS),

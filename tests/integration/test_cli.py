@@ -134,6 +134,17 @@ async def test_serve_on_postgres_and_redis_from_the_environment(
     assert not (tmp_path / "fanfare.sqlite3").exists()  # the SQLite default was not used
 
 
+async def test_serve_refuses_postgres_with_the_in_process_cache(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    env = process_env(tmp_path, {"FANFARE_DATABASE_URL": postgres_url})
+    assert (await run_cli("migrate", env=env))[0] == 0
+    for command in ("serve", "worker"):
+        code, _, stderr = await run_cli(command, env=env)
+        assert code == 1
+        assert "FANFARE_REDIS_URL" in stderr and "Traceback" not in stderr
+
+
 async def test_worker_runs_until_sigterm(tmp_path: Path) -> None:
     env = process_env(tmp_path)
     assert (await run_cli("migrate", env=env))[0] == 0

@@ -7,7 +7,10 @@ import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
+from fanfare.auth.v1 import auth_service_pb2 as auth
+from fanfare.auth.v1 import auth_service_pb2_grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import make_url
@@ -15,7 +18,8 @@ from sqlalchemy import make_url
 from fanfare_grpc.server import RunningServer
 from fanfare_grpc.servicers import SERVICE_NAMES
 from tests.backends import REDIS_URL
-from tests.conftest import embedded_settings, start_migrated_server
+from tests.conftest import embedded_settings, new_organization, start_migrated_server
+from tests.grpc_helpers import bearer
 from tests.tcp_proxy import TcpProxy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -66,10 +70,22 @@ async def test_health_tracks_database_reachability(
     server: RunningServer = await start_migrated_server(settings)
     try:
         await _wait_for(server.address, SERVING)
-        tcp_proxy.cut()
-        await _wait_for(server.address, NOT_SERVING)
-        tcp_proxy.restore()
-        await _wait_for(server.address, SERVING)
+        organization = await new_organization(server)
+        list_keys = auth.ListApiKeysRequest()
+        metadata = bearer(organization.test_admin_key.plaintext)
+        async with aio.insecure_channel(server.address) as channel:
+            stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+            await stub.ListApiKeys(list_keys, metadata=metadata)  # key verified and cached
+            tcp_proxy.cut()
+            await _wait_for(server.address, NOT_SERVING)
+            with pytest.raises(aio.AioRpcError) as outage:
+                await stub.ListApiKeys(list_keys, metadata=metadata)
+            # API.md: backend unavailable → UNAVAILABLE, never INTERNAL or details.
+            assert outage.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "psycopg" not in (outage.value.details() or "")
+            tcp_proxy.restore()
+            await _wait_for(server.address, SERVING)
+            await stub.ListApiKeys(list_keys, metadata=metadata)
     finally:
         await server.shutdown(grace_seconds=1.0)
 

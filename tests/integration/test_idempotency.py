@@ -51,8 +51,11 @@ async def test_same_key_and_request_replays_the_stored_response(
     admin = organization.test_admin_key.plaintext
     stub = auth_service_pb2_grpc.AuthServiceStub(channel)
     first = await stub.CreateApiKey(_create("ci"), metadata=_metadata(admin, "create-ci-1"))
-    again = await stub.CreateApiKey(_create("ci"), metadata=_metadata(admin, "create-ci-1"))
+    replay_call = stub.CreateApiKey(_create("ci"), metadata=_metadata(admin, "create-ci-1"))
+    again = await replay_call
     assert again.api_key == first.api_key
+    # A replay is a call like any other: it carries its own request id.
+    assert dict(await replay_call.initial_metadata())["x-request-id"].startswith("req_")
     # The secret is shown exactly once: a replay carries the metadata only.
     assert first.secret and again.secret == ""
     listed = await stub.ListApiKeys(auth.ListApiKeysRequest(), metadata=_metadata(admin, "x"))

@@ -89,6 +89,27 @@ async def test_rotation_rewraps_data_keys_without_downtime(
         await restarted.kill()
 
 
+async def test_dev_rotation_while_serving_keeps_cold_organizations_working(
+    tmp_path: Path,
+) -> None:
+    env = process_env(tmp_path)
+    assert (await run_cli("migrate", env=env))[0] == 0
+    server = await ServerProcess.start(["fanfare_grpc", "serve", "--no-worker"], env)
+    try:
+        address = await server.wait_listening()
+        # Created by another process: the server has never unwrapped its data key.
+        code, stdout, stderr = await run_cli("orgs", "create", "--name", "Cold", "--json", env=env)
+        assert code == 0, stderr
+        admin = json.loads(stdout)["secret_key"]
+        code, stdout, stderr = await run_cli("master-key", "rotate", env=env)
+        assert code == 0 and "re-wrapped 1 data keys" in stdout, stderr
+        first = await _create_idempotently(address, admin)  # seals under the data key
+        assert first.secret
+        assert (await _create_idempotently(address, admin)).api_key == first.api_key
+    finally:
+        await server.kill()
+
+
 async def test_dev_rotation_adds_a_key_version_in_the_data_dir(tmp_path: Path) -> None:
     env = process_env(tmp_path)
     assert (await run_cli("migrate", env=env))[0] == 0

@@ -109,3 +109,38 @@ def test_unknown_methods_and_anonymous_callers_are_denied() -> None:
         check_permission(None, _secret(Role.ADMIN))
     with pytest.raises(errors.PermissionDenied):
         check_permission(PERMISSIONS["/fanfare.queue.v1.QueueService/ListQueues"], None)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/fanfare.session.v1.SessionService/ListSessions",
+        "/fanfare.queue.v1.QueueService/ListQueues",
+        "/fanfare.queue.v1.QueueService/GetQueue",
+        "/fanfare.webhook.v1.WebhookService/ListWebhookEndpoints",
+        "/fanfare.webhook.v1.WebhookService/GetWebhookEndpoint",
+        "/fanfare.webhook.v1.WebhookService/ListDeliveries",
+    ],
+)
+def test_operator_reads_follow_the_api_contract(method: str) -> None:
+    # API.md: sk[OPERATOR] — ADMIN and OPERATOR keys only.
+    policy = PERMISSIONS[method]
+    for role in (Role.ADMIN, Role.OPERATOR):
+        check_permission(policy, _secret(role))
+    for role in (Role.AUDITOR, Role.READONLY):
+        with pytest.raises(errors.PermissionDenied):
+            check_permission(policy, _secret(role))
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/fanfare.session.v1.SessionService/ValidateSession",
+        "/fanfare.queue.v1.QueueService/ValidateHandoffToken",
+        "/fanfare.queue.v1.QueueService/GetQueueStats",
+        "/fanfare.auth.v1.AuthService/GetJwks",
+    ],
+)
+def test_plain_sk_rpcs_accept_every_role(method: str) -> None:
+    for role in Role:
+        check_permission(PERMISSIONS[method], _secret(role))

@@ -9,6 +9,7 @@ and row. Rotating the master key re-wraps data keys; ciphertexts never change.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Protocol
 
 from fanfare_grpc.crypto import aead
@@ -56,9 +57,15 @@ def value_context(organization_id: str, table: str, column: str, row_id: str) ->
 class Envelope:
     """Encrypts and decrypts organization data; caches unwrapped data keys in memory."""
 
-    def __init__(self, ring: MasterKeyRing, store: DataKeyStore) -> None:
+    def __init__(
+        self,
+        ring: MasterKeyRing,
+        store: DataKeyStore,
+        reload_ring: Callable[[], MasterKeyRing] | None = None,
+    ) -> None:
         self._ring = ring
         self._store = store
+        self._reload_ring = reload_ring
         self._data_keys: dict[tuple[str, int], bytes] = {}
 
     @property
@@ -88,6 +95,11 @@ class Envelope:
                 this organization's.
         """
         master = self._ring.find(key.master_key_id)
+        if master is None and self._reload_ring is not None:
+            # `master-key rotate` may have added a version since we started (dev key
+            # file); production rolls the new key out to every server first.
+            self._ring = self._reload_ring()
+            master = self._ring.find(key.master_key_id)
         if master is None:
             raise aead.DecryptionError("data key wrapped by an unknown master key version")
         return aead.open_sealed(

@@ -263,8 +263,8 @@ class ApiKeyService:
             organization_id, mode, key_id, issued.api_key, stops_at, now
         )
         if retired is None:
-            # Revoked or rotated concurrently between our read and the update.
-            raise errors.FailedPrecondition("api key is revoked or expired")
+            # Revoked, or rotated already (possibly concurrently, in its grace period).
+            raise errors.FailedPrecondition("api key is revoked, expired or already rotated")
         await self._invalidations.key_changed(key_id)
         return issued, retired
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from itertools import groupby
+from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -128,30 +129,43 @@ class SqlApiKeyStore:
         old_key_stops_at: dt.datetime,
         now: dt.datetime,
     ) -> ApiKey | None:
+        retire: dict[str, object] = {"replaced_by_key_id": replacement.key_id}
+        if old_key_stops_at <= now:
+            retire["revoked_at"] = now
+        else:
+            retire["expires_at"] = old_key_stops_at
         async with self._database.transaction(organization_id) as session:
-            row = await self._row(session, organization_id, mode, key_id, for_update=True)
-            if row is None or not _api_key(row).usable_at(now):
+            # One conditional UPDATE: atomic on SQLite (no FOR UPDATE there) and
+            # PostgreSQL alike; a key already revoked, expired or rotated is left alone.
+            retired = await session.execute(
+                update(ApiKeyRow)
+                .where(
+                    *self._identity(organization_id, mode, key_id),
+                    _usable(now),  # type: ignore[arg-type]
+                    ApiKeyRow.replaced_by_key_id.is_(None),
+                )
+                .values(**retire)
+            )
+            if retired.rowcount != 1:  # type: ignore[attr-defined]
                 return None
-            if old_key_stops_at <= now:
-                row.revoked_at = now
-            else:
-                row.expires_at = old_key_stops_at
-            row.replaced_by_key_id = replacement.key_id
             session.add_all(api_key_rows(replacement))
-            await session.flush()
-            return _api_key(row)
+            row = await self._row(session, organization_id, mode, key_id)
+            return None if row is None else _api_key(row)
 
     async def revoke(
         self, organization_id: str, mode: Mode, key_id: str, now: dt.datetime
     ) -> ApiKey | None:
         async with self._database.transaction(organization_id) as session:
-            row = await self._row(session, organization_id, mode, key_id, for_update=True)
-            if row is None:
-                return None
-            if row.revoked_at is None or row.revoked_at > now:
-                row.revoked_at = now
-                await session.flush()
-            return _api_key(row)
+            await session.execute(
+                update(ApiKeyRow)
+                .where(
+                    *self._identity(organization_id, mode, key_id),
+                    or_(ApiKeyRow.revoked_at.is_(None), ApiKeyRow.revoked_at > now),
+                )
+                .values(revoked_at=now)
+            )
+            row = await self._row(session, organization_id, mode, key_id)
+            return None if row is None else _api_key(row)
 
     async def record_last_used(self, uses: Iterable[tuple[str, str, dt.datetime]]) -> None:
         """Apply a batch of (organization, key id, time) uses: one transaction per org."""
@@ -173,20 +187,18 @@ class SqlApiKeyStore:
                     )
 
     @staticmethod
-    async def _row(
-        session: AsyncSession,
-        organization_id: str,
-        mode: Mode,
-        key_id: str,
-        *,
-        for_update: bool = False,
-    ) -> ApiKeyRow | None:
-        query = select(ApiKeyRow).where(
+    def _identity(organization_id: str, mode: Mode, key_id: str) -> tuple[Any, ...]:
+        return (
             ApiKeyRow.org_id == organization_id,
             ApiKeyRow.mode == mode.value,
             ApiKeyRow.key_id == key_id,
         )
-        if for_update:
-            query = query.with_for_update()
-        row: ApiKeyRow | None = await session.scalar(query)
+
+    @classmethod
+    async def _row(
+        cls, session: AsyncSession, organization_id: str, mode: Mode, key_id: str
+    ) -> ApiKeyRow | None:
+        row: ApiKeyRow | None = await session.scalar(
+            select(ApiKeyRow).where(*cls._identity(organization_id, mode, key_id))
+        )
         return row

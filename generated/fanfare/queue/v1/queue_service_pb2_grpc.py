@@ -146,7 +146,7 @@ class QueueServiceServicer:
 
     def GetQueue(self, request, context):
         """Returns one queue; a pk sees only its public fields.
-        Caller: pk, or sk with any role.
+        Caller: pk, or sk with role ADMIN or OPERATOR.
         Errors: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -155,7 +155,7 @@ class QueueServiceServicer:
 
     def ListQueues(self, request, context):
         """Lists queues, newest first.
-        Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+        Caller: sk with role ADMIN or OPERATOR.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad page size, token
         or filter), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """

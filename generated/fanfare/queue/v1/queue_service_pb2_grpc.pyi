@@ -46,12 +46,12 @@ class QueueServiceStub:
     """
     GetQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.GetQueueRequest, _queue_service_pb2.GetQueueResponse]
     """Returns one queue; a pk sees only its public fields.
-    Caller: pk, or sk with any role.
+    Caller: pk, or sk with role ADMIN or OPERATOR.
     Errors: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     ListQueues: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.ListQueuesRequest, _queue_service_pb2.ListQueuesResponse]
     """Lists queues, newest first.
-    Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+    Caller: sk with role ADMIN or OPERATOR.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad page size, token
     or filter), RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
@@ -168,12 +168,12 @@ class QueueServiceAsyncStub(QueueServiceStub):
     """
     GetQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.GetQueueRequest, _queue_service_pb2.GetQueueResponse]  # type: ignore[assignment]
     """Returns one queue; a pk sees only its public fields.
-    Caller: pk, or sk with any role.
+    Caller: pk, or sk with role ADMIN or OPERATOR.
     Errors: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     ListQueues: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.ListQueuesRequest, _queue_service_pb2.ListQueuesResponse]  # type: ignore[assignment]
     """Lists queues, newest first.
-    Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+    Caller: sk with role ADMIN or OPERATOR.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad page size, token
     or filter), RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
@@ -299,7 +299,7 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_queue_service_pb2.GetQueueResponse, _abc.Awaitable[_queue_service_pb2.GetQueueResponse]]:
         """Returns one queue; a pk sees only its public fields.
-        Caller: pk, or sk with any role.
+        Caller: pk, or sk with role ADMIN or OPERATOR.
         Errors: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
 
@@ -310,7 +310,7 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_queue_service_pb2.ListQueuesResponse, _abc.Awaitable[_queue_service_pb2.ListQueuesResponse]]:
         """Lists queues, newest first.
-        Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+        Caller: sk with role ADMIN or OPERATOR.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad page size, token
         or filter), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """

@@ -138,7 +138,7 @@ class SessionServiceServicer:
 
     def ListSessions(self, request, context):
         """Lists the live (unrevoked, unexpired) sessions of one consumer, newest first.
-        Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+        Caller: sk with role ADMIN or OPERATOR.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad id or page
         token), NOT_FOUND (unknown consumer, other organization or mode),
         RESOURCE_EXHAUSTED, UNAVAILABLE.

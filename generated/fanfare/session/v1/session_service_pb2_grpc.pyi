@@ -77,7 +77,7 @@ class SessionServiceStub:
     """
     ListSessions: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.ListSessionsRequest, _session_service_pb2.ListSessionsResponse]
     """Lists the live (unrevoked, unexpired) sessions of one consumer, newest first.
-    Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+    Caller: sk with role ADMIN or OPERATOR.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad id or page
     token), NOT_FOUND (unknown consumer, other organization or mode),
     RESOURCE_EXHAUSTED, UNAVAILABLE.
@@ -132,7 +132,7 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """
     ListSessions: _aio.UnaryUnaryMultiCallable[_session_service_pb2.ListSessionsRequest, _session_service_pb2.ListSessionsResponse]  # type: ignore[assignment]
     """Lists the live (unrevoked, unexpired) sessions of one consumer, newest first.
-    Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+    Caller: sk with role ADMIN or OPERATOR.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad id or page
     token), NOT_FOUND (unknown consumer, other organization or mode),
     RESOURCE_EXHAUSTED, UNAVAILABLE.
@@ -220,7 +220,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_service_pb2.ListSessionsResponse, _abc.Awaitable[_session_service_pb2.ListSessionsResponse]]:
         """Lists the live (unrevoked, unexpired) sessions of one consumer, newest first.
-        Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+        Caller: sk with role ADMIN or OPERATOR.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad id or page
         token), NOT_FOUND (unknown consumer, other organization or mode),
         RESOURCE_EXHAUSTED, UNAVAILABLE.

@@ -111,7 +111,7 @@ class WebhookServiceServicer:
 
     def ListWebhookEndpoints(self, request, context):
         """Lists endpoints, newest first; never a secret.
-        Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+        Caller: sk with role ADMIN or OPERATOR.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad page size or
         token), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
@@ -121,7 +121,7 @@ class WebhookServiceServicer:
 
     def GetWebhookEndpoint(self, request, context):
         """Returns one endpoint; never its secret.
-        Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+        Caller: sk with role ADMIN or OPERATOR.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
         RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
@@ -172,7 +172,7 @@ class WebhookServiceServicer:
 
     def ListDeliveries(self, request, context):
         """Lists deliveries with the state of their latest attempt, newest first.
-        Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+        Caller: sk with role ADMIN or OPERATOR.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad filter, page size
         or token), NOT_FOUND (endpoint filter unknown), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """

@@ -49,13 +49,13 @@ class WebhookServiceStub:
     """
     ListWebhookEndpoints: _grpc.UnaryUnaryMultiCallable[_webhook_service_pb2.ListWebhookEndpointsRequest, _webhook_service_pb2.ListWebhookEndpointsResponse]
     """Lists endpoints, newest first; never a secret.
-    Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+    Caller: sk with role ADMIN or OPERATOR.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad page size or
     token), RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     GetWebhookEndpoint: _grpc.UnaryUnaryMultiCallable[_webhook_service_pb2.GetWebhookEndpointRequest, _webhook_service_pb2.GetWebhookEndpointResponse]
     """Returns one endpoint; never its secret.
-    Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+    Caller: sk with role ADMIN or OPERATOR.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
     RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
@@ -86,7 +86,7 @@ class WebhookServiceStub:
     """
     ListDeliveries: _grpc.UnaryUnaryMultiCallable[_webhook_service_pb2.ListDeliveriesRequest, _webhook_service_pb2.ListDeliveriesResponse]
     """Lists deliveries with the state of their latest attempt, newest first.
-    Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+    Caller: sk with role ADMIN or OPERATOR.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad filter, page size
     or token), NOT_FOUND (endpoint filter unknown), RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
@@ -118,13 +118,13 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     """
     ListWebhookEndpoints: _aio.UnaryUnaryMultiCallable[_webhook_service_pb2.ListWebhookEndpointsRequest, _webhook_service_pb2.ListWebhookEndpointsResponse]  # type: ignore[assignment]
     """Lists endpoints, newest first; never a secret.
-    Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+    Caller: sk with role ADMIN or OPERATOR.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad page size or
     token), RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     GetWebhookEndpoint: _aio.UnaryUnaryMultiCallable[_webhook_service_pb2.GetWebhookEndpointRequest, _webhook_service_pb2.GetWebhookEndpointResponse]  # type: ignore[assignment]
     """Returns one endpoint; never its secret.
-    Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+    Caller: sk with role ADMIN or OPERATOR.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
     RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
@@ -155,7 +155,7 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     """
     ListDeliveries: _aio.UnaryUnaryMultiCallable[_webhook_service_pb2.ListDeliveriesRequest, _webhook_service_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
     """Lists deliveries with the state of their latest attempt, newest first.
-    Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+    Caller: sk with role ADMIN or OPERATOR.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad filter, page size
     or token), NOT_FOUND (endpoint filter unknown), RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
@@ -196,7 +196,7 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_webhook_service_pb2.ListWebhookEndpointsResponse, _abc.Awaitable[_webhook_service_pb2.ListWebhookEndpointsResponse]]:
         """Lists endpoints, newest first; never a secret.
-        Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+        Caller: sk with role ADMIN or OPERATOR.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad page size or
         token), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
@@ -208,7 +208,7 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_webhook_service_pb2.GetWebhookEndpointResponse, _abc.Awaitable[_webhook_service_pb2.GetWebhookEndpointResponse]]:
         """Returns one endpoint; never its secret.
-        Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+        Caller: sk with role ADMIN or OPERATOR.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
         RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
@@ -269,7 +269,7 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_webhook_service_pb2.ListDeliveriesResponse, _abc.Awaitable[_webhook_service_pb2.ListDeliveriesResponse]]:
         """Lists deliveries with the state of their latest attempt, newest first.
-        Caller: sk with role ADMIN or OPERATOR; AUDITOR and READONLY may read too.
+        Caller: sk with role ADMIN or OPERATOR.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad filter, page size
         or token), NOT_FOUND (endpoint filter unknown), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
