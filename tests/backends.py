@@ -16,6 +16,8 @@ import psycopg
 import pytest
 import redis
 
+from fanfare_grpc.storage.postgres import app_role_name
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "FANFARE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -48,6 +50,8 @@ def throwaway_postgres_database() -> Iterator[str]:
     finally:
         with _admin_connection() as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            # Migrations create one service role per database: drop it with it.
+            admin.execute(f'DROP ROLE IF EXISTS "{app_role_name(name)}"')
 
 
 @contextmanager

@@ -77,7 +77,7 @@ async def start_migrated_server(
     clock: Clock = utc_now,
 ) -> RunningServer:
     """Migrate the database, then start an in-process server on a free port."""
-    await migrate.upgrade_to_head(settings.effective_database_url)
+    await migrate.upgrade_to_head(settings.effective_owner_database_url)
     application = Application.build(settings, permissions=permissions, clock=clock)
     return await start_server(application, extra_handlers=extra_handlers, run_worker=run_worker)
 

@@ -34,6 +34,7 @@ from fanfare_grpc.storage.database import Database
 _COMMON_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("--data-dir", "FANFARE_DATA_DIR", "directory of the embedded defaults (default ./.fanfare)"),
     ("--database-url", "FANFARE_DATABASE_URL", "SQLAlchemy URL (default: SQLite in the data dir)"),
+    ("--database-owner-url", "FANFARE_DATABASE_OWNER_URL", "owner URL for migrate/rotate"),
     ("--redis-url", "FANFARE_REDIS_URL", "Redis URL (default: in-process cache)"),
     ("--log-level", "FANFARE_LOG_LEVEL", "debug, info, warning or error (default info)"),
 )
@@ -98,7 +99,7 @@ def settings_from(arguments: argparse.Namespace, environ: dict[str, str]) -> Set
 
 
 async def _migrate(settings: Settings) -> None:
-    await migrate.upgrade_to_head(settings.effective_database_url)
+    await migrate.upgrade_to_head(settings.effective_owner_database_url)
     logging.getLogger(LOGGER_NAME).info(
         "database schema up to date", extra={"revision": migrate.head_revision()}
     )
@@ -132,7 +133,7 @@ async def _rotate_master_key(settings: Settings) -> None:
         new_key = add_dev_master_key(settings.data_dir)
         print(f"added master key version {new_key.key_id} to {settings.data_dir}")
     ring = load_master_key_ring(settings.master_key, settings.master_keys_old, settings.data_dir)
-    owner = Database.from_url(settings.effective_database_url, as_owner=True)
+    owner = Database.from_url(settings.effective_owner_database_url, as_owner=True)
     try:
         rewrapped = await rewrap_data_keys(ring, DataKeyRewrapper(owner))
     finally:

@@ -28,6 +28,8 @@ class Settings:
         listen: gRPC listen address ``host:port``; port 0 picks a free port.
         data_dir: Directory for the embedded defaults (SQLite file, dev master key).
         database_url: SQLAlchemy URL; ``None`` means SQLite in ``data_dir``.
+        database_owner_url: URL of the tables' owner, for ``migrate`` and
+            ``master-key rotate`` only; ``None`` means ``database_url``.
         redis_url: Redis URL; ``None`` means the in-process cache.
         redis_key_prefix: Prefix of every Redis key of this deployment.
         master_key: Base64 master key (secret; never printed).
@@ -47,6 +49,7 @@ class Settings:
     listen: str = "127.0.0.1:50051"
     data_dir: Path = Path(".fanfare")
     database_url: str | None = None
+    database_owner_url: str | None = None
     redis_url: str | None = None
     redis_key_prefix: str = "ff"
     master_key: str | None = dataclasses.field(default=None, repr=False)
@@ -68,6 +71,11 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'fanfare.sqlite3').resolve()}"
+
+    @property
+    def effective_owner_database_url(self) -> str:
+        """Where schema changes and key re-wrapping connect (the tables' owner)."""
+        return self.database_owner_url or self.effective_database_url
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +130,7 @@ class Settings:
             listen=listen,
             data_dir=path("FANFARE_DATA_DIR") or defaults.data_dir,
             database_url=text("FANFARE_DATABASE_URL"),
+            database_owner_url=text("FANFARE_DATABASE_OWNER_URL"),
             redis_url=text("FANFARE_REDIS_URL"),
             redis_key_prefix=text("FANFARE_REDIS_PREFIX") or defaults.redis_key_prefix,
             master_key=text("FANFARE_MASTER_KEY"),

@@ -26,7 +26,7 @@ from fanfare_grpc.logs import QUIET_LOGGERS, JsonFormatter, configure_logging
 from fanfare_grpc.server import RunningServer
 from tests.clock import MutableClock
 from tests.conftest import BackendSettings, new_organization, start_migrated_server
-from tests.grpc_helpers import bearer
+from tests.grpc_helpers import bearer, run_grpcurl
 
 SECRET = common_pb2.API_KEY_KIND_SECRET
 PUBLISHABLE = common_pb2.API_KEY_KIND_PUBLISHABLE
@@ -512,3 +512,22 @@ async def test_no_secret_or_hash_reaches_logs_errors_or_lists(world: World) -> N
         assert secret not in everything
         assert secret[8:] not in everything  # not even without its prefix
     assert "$2b$" not in everything  # no bcrypt hash either
+
+
+async def test_raw_unicode_credentials_are_unauthenticated(world: World) -> None:
+    # grpcurl sends the header's UTF-8 bytes as they are (the Python client cannot).
+    verifier = world.server.application.key_verifier
+    before = verifier.bcrypt_checks
+    for header in ("Bearer sk_test_" + "é" * 22, "Bearer " + "🔑" * 11, "Bearer sk_test_Ωmega"):
+        code, _, stderr = await run_grpcurl(
+            "-plaintext",
+            "-H",
+            f"authorization: {header}",
+            "-d",
+            "{}",
+            world.server.address,
+            "fanfare.auth.v1.AuthService/ListApiKeys",
+        )
+        assert code != 0
+        assert "Unauthenticated" in stderr and INVALID_CREDENTIALS in stderr
+    assert verifier.bcrypt_checks == before

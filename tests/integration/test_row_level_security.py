@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from fanfare_grpc.app import Application
 from fanfare_grpc.domain.organizations import NewOrganization, create_organization
 from fanfare_grpc.storage import migrate
 from fanfare_grpc.storage.database import Database
+from fanfare_grpc.storage.postgres import app_role_name
 from tests.conftest import embedded_settings
 
 
@@ -48,7 +51,8 @@ async def test_service_role_is_subject_to_row_level_security(application: Applic
             )
         ).one()
     user, is_superuser, bypasses_rls, owner = role
-    assert user == "fanfare_app"
+    database = make_url(application.settings.effective_database_url).database
+    assert user == app_role_name(str(database))
     assert not is_superuser and not bypasses_rls
     assert owner != user
 
@@ -99,3 +103,39 @@ async def test_a_scoped_transaction_sees_and_writes_only_its_organization(
         async with application.database.transaction(acme_id) as session:
             # Partitions are not reachable directly, around the parent's policies.
             await session.execute(text("SELECT count(*) FROM api_keys_p00"))
+
+
+async def test_the_service_connects_as_a_login_role_subject_to_rls(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Production shape: a login role that is only a member of the service role."""
+    await migrate.upgrade_to_head(postgres_url)
+    owner_url = make_url(postgres_url)
+    database = str(owner_url.database)
+    login = "ff_service_" + secrets.token_hex(4)
+    owner_dsn = owner_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(owner_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{login}" LOGIN')
+        admin.execute(f'GRANT "{app_role_name(database)}" TO "{login}"')
+    service_url = owner_url.set(username=login).render_as_string(hide_password=False)
+    application = Application.build(
+        dataclasses.replace(
+            embedded_settings(tmp_path), database_url=service_url, database_owner_url=postgres_url
+        )
+    )
+    try:
+        assert await application.check_schema()
+        created = await _organization(application, "Acme")  # the service works as this role
+        assert await application.organizations.get(created.organization.organization_id)
+        async with application.database.engine.connect() as connection:
+            users = (await connection.execute(text("SELECT session_user, current_user"))).one()
+            assert tuple(users) == (login, app_role_name(database))
+            # Even after RESET ROLE the login role is not the owner: RLS still applies.
+            await connection.execute(text("RESET ROLE"))
+            assert await connection.scalar(text("SELECT count(*) FROM api_keys")) == 0
+            with pytest.raises(DBAPIError):
+                await connection.execute(text("CREATE TABLE sneaky (id int)"))
+    finally:
+        await application.close()
+        with psycopg.connect(owner_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP ROLE IF EXISTS "{login}"')

@@ -187,6 +187,8 @@ class RedisCache:
             socket_connect_timeout=2.0,
             socket_timeout=5.0,
             health_check_interval=30,
+            # Notice half-open connections (the invalidation subscription blocks on one).
+            socket_keepalive=True,
         )
         return cls(client, key_prefix)
 

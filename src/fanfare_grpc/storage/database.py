@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from fanfare_grpc.storage.postgres import APP_ROLE, ORG_SETTING
+from fanfare_grpc.storage.postgres import ORG_SETTING, SWITCH_TO_APP_ROLE_SQL
 
 _ASYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite+aiosqlite"}
 
@@ -41,8 +41,11 @@ def async_database_url(url: str) -> URL:
 def create_engine(url: str, *, as_owner: bool = False) -> AsyncEngine:
     """An async engine for ``url`` with settings fit for a long-running server.
 
-    On PostgreSQL every connection switches to ``APP_ROLE`` (not the tables' owner,
-    so row-level security applies) unless ``as_owner`` (migrations, key rotation).
+    On PostgreSQL every connection switches to this database's service role (not the
+    tables' owner, so row-level security applies) unless ``as_owner`` (migrations,
+    key rotation). Deployments should also connect as a login role that is only a
+    member of that role (``FANFARE_DATABASE_URL``), keeping the owner's credentials
+    for ``FANFARE_DATABASE_OWNER_URL``.
     """
     parsed = async_database_url(url)
     # No pool_pre_ping: it costs a round trip per transaction. A connection that died
@@ -72,7 +75,7 @@ def create_engine(url: str, *, as_owner: bool = False) -> AsyncEngine:
 
 def _switch_to_app_role(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute(f"SET ROLE {APP_ROLE}")
+    cursor.execute(SWITCH_TO_APP_ROLE_SQL)
     cursor.close()
     # SET outside a transaction leaves psycopg's implicit one open: end it.
     dbapi_connection.commit()
