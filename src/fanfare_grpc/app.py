@@ -25,6 +25,7 @@ from fanfare_grpc.cache.factory import open_cache
 from fanfare_grpc.cache.protocols import Cache
 from fanfare_grpc.crypto.envelope import Envelope
 from fanfare_grpc.crypto.master_keys import MasterKeyRing, load_master_key_ring
+from fanfare_grpc.crypto.signing_keys import SigningKeyRing
 from fanfare_grpc.domain.api_key_service import ApiKeyService
 from fanfare_grpc.permissions import PERMISSIONS, MethodPolicy
 from fanfare_grpc.settings import Settings
@@ -33,6 +34,7 @@ from fanfare_grpc.storage.api_keys import SqlApiKeyStore
 from fanfare_grpc.storage.data_keys import SqlDataKeyStore
 from fanfare_grpc.storage.database import Database
 from fanfare_grpc.storage.organizations import SqlOrganizationStore
+from fanfare_grpc.storage.signing_keys import SqlSigningKeyStore
 
 LOGGER_NAME = "fanfare_grpc"
 Clock = Callable[[], dt.datetime]
@@ -69,6 +71,7 @@ class Application:
     key_verifier: KeyVerifier
     key_usage: KeyUsageRecorder
     key_invalidation_listener: KeyInvalidationListener
+    signing_keys: SigningKeyRing
 
     @classmethod
     def build(
@@ -95,6 +98,7 @@ class Application:
         ring = load_ring()
         api_keys = SqlApiKeyStore(database)
         verifier = KeyVerifier(api_keys, cache.counters, wall_clock=clock)
+        envelope = Envelope(ring, SqlDataKeyStore(database), reload_ring=load_ring)
         return cls(
             settings=settings,
             logger=logger,
@@ -102,7 +106,7 @@ class Application:
             database=database,
             cache=cache,
             validator=protovalidate.Validator(),
-            envelope=Envelope(ring, SqlDataKeyStore(database), reload_ring=load_ring),
+            envelope=envelope,
             permissions=permissions,
             organizations=SqlOrganizationStore(database),
             api_keys=api_keys,
@@ -112,6 +116,12 @@ class Application:
             key_verifier=verifier,
             key_usage=KeyUsageRecorder(api_keys, logger),
             key_invalidation_listener=KeyInvalidationListener(cache.pubsub, verifier, logger),
+            signing_keys=SigningKeyRing(
+                SqlSigningKeyStore(database),
+                lambda: envelope.ring,
+                rotation=dt.timedelta(seconds=settings.signing_key_rotation_seconds),
+                token_lifetime=dt.timedelta(seconds=settings.access_token_ttl_seconds),
+            ),
         )
 
     async def check_schema(self) -> bool:

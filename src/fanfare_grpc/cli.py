@@ -21,7 +21,7 @@ from fanfare_grpc.crypto.master_keys import (
     add_dev_master_key,
     load_master_key_ring,
 )
-from fanfare_grpc.crypto.rotation import rewrap_data_keys
+from fanfare_grpc.crypto.rotation import rewrap_data_keys, rewrap_signing_keys
 from fanfare_grpc.domain.organizations import create_organization
 from fanfare_grpc.logs import configure_logging
 from fanfare_grpc.server import ListenError, run_worker_process, serve
@@ -29,6 +29,7 @@ from fanfare_grpc.settings import Settings, SettingsError
 from fanfare_grpc.storage import migrate
 from fanfare_grpc.storage.data_keys import DataKeyRewrapper
 from fanfare_grpc.storage.database import Database
+from fanfare_grpc.storage.signing_keys import SigningKeyRewrapper
 
 # (option, environment variable, help)
 _COMMON_OPTIONS: tuple[tuple[str, str, str], ...] = (
@@ -136,9 +137,11 @@ async def _rotate_master_key(settings: Settings) -> None:
     owner = Database.from_url(settings.effective_owner_database_url, as_owner=True)
     try:
         rewrapped = await rewrap_data_keys(ring, DataKeyRewrapper(owner))
+        resealed = await rewrap_signing_keys(ring, SigningKeyRewrapper(owner))
     finally:
         await owner.dispose()
     print(f"re-wrapped {rewrapped} data keys under {ring.current.key_id}")
+    print(f"re-sealed {resealed} token signing keys under {ring.current.key_id}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,6 +44,9 @@ class Settings:
         shutdown_grace_seconds: How long in-flight calls may run after SIGTERM.
         health_check_interval_seconds: How often the database is probed for health.
         health_check_timeout_seconds: A probe slower than this counts as a failure.
+        token_issuer: ``iss`` of the tokens this deployment issues.
+        access_token_ttl_seconds: Lifetime of consumer access tokens.
+        signing_key_rotation_seconds: A token signing key signs for this long.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -64,6 +67,9 @@ class Settings:
     shutdown_grace_seconds: float = 10.0
     health_check_interval_seconds: float = 2.0
     health_check_timeout_seconds: float = 2.0
+    token_issuer: str = "fanfare-grpc"
+    access_token_ttl_seconds: float = 15 * 60.0
+    signing_key_rotation_seconds: float = 7 * 24 * 3600.0
 
     @property
     def effective_database_url(self) -> str:
@@ -150,6 +156,13 @@ class Settings:
             ),
             health_check_timeout_seconds=seconds(
                 "FANFARE_HEALTH_CHECK_TIMEOUT_SECONDS", defaults.health_check_timeout_seconds
+            ),
+            token_issuer=text("FANFARE_TOKEN_ISSUER") or defaults.token_issuer,
+            access_token_ttl_seconds=seconds(
+                "FANFARE_ACCESS_TOKEN_TTL_SECONDS", defaults.access_token_ttl_seconds
+            ),
+            signing_key_rotation_seconds=seconds(
+                "FANFARE_SIGNING_KEY_ROTATION_SECONDS", defaults.signing_key_rotation_seconds
             ),
         )
         if (settings.tls_cert is None) != (settings.tls_key is None):

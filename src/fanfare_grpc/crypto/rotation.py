@@ -1,4 +1,4 @@
-"""Master key rotation: re-wrap every data key under the current master key.
+"""Master key rotation: re-wrap every data key (and signing key) under the current one.
 
 Runs while servers keep serving: data keys themselves do not change, only their
 wrapping, and servers hold unwrapped data keys in memory, so nothing they cached
@@ -12,6 +12,11 @@ from typing import Protocol
 
 from fanfare_grpc.crypto.envelope import Envelope, WrappedDataKey
 from fanfare_grpc.crypto.master_keys import MasterKeyRing
+from fanfare_grpc.crypto.signing_keys import (
+    StoredSigningKey,
+    seal_signing_key,
+    unseal_signing_key,
+)
 
 
 class RewrapStore(Protocol):
@@ -37,5 +42,29 @@ async def rewrap_data_keys(ring: MasterKeyRing, store: RewrapStore) -> int:
     rewrapped = 0
     for key in await store.wrapped_keys_not_under(ring.current.key_id):
         if await store.replace(key, envelope.rewrap(key)):
+            rewrapped += 1
+    return rewrapped
+
+
+class SigningKeyRewrapStore(Protocol):
+    """Signing keys across the deployment (operator access)."""
+
+    async def signing_keys_not_under(self, master_key_id: str) -> list[StoredSigningKey]:
+        """Keys sealed by any other master key version."""
+        ...
+
+    async def replace_signing_key(
+        self, previous: StoredSigningKey, sealed_private_key: bytes, master_key_id: str
+    ) -> bool:
+        """Swap in the re-sealed key if unchanged; True if swapped."""
+        ...
+
+
+async def rewrap_signing_keys(ring: MasterKeyRing, store: SigningKeyRewrapStore) -> int:
+    """Re-seal every token signing key under ``ring.current``; returns how many."""
+    rewrapped = 0
+    for stored in await store.signing_keys_not_under(ring.current.key_id):
+        sealed, master_key_id = seal_signing_key(ring, unseal_signing_key(ring, stored))
+        if await store.replace_signing_key(stored, sealed, master_key_id):
             rewrapped += 1
     return rewrapped

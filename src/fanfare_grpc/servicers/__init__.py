@@ -65,6 +65,8 @@ def register_servicers(server: aio.Server, application: Application) -> tuple[st
             application.organizations,
             application.envelope,
             application.clock,
+            application.signing_keys,
+            application.settings.token_issuer,
         ),
     }
     for add_to_server, servicer in _SERVICERS:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from typing import Any
 
 from fanfare.auth.v1 import auth_pb2, auth_service_pb2, auth_service_pb2_grpc
 
 from fanfare_grpc.crypto.envelope import Envelope
+from fanfare_grpc.crypto.jwt_tokens import jwks
+from fanfare_grpc.crypto.signing_keys import SigningKeyRing
 from fanfare_grpc.domain.access import Principal
 from fanfare_grpc.domain.api_key_service import ApiKeyService
 from fanfare_grpc.domain.api_keys import ApiKey
@@ -51,7 +54,11 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         organizations: OrganizationStore,
         envelope: Envelope,
         clock: Callable[[], dt.datetime],
+        signing_keys: SigningKeyRing,
+        issuer: str,
     ) -> None:
+        self._signing_keys = signing_keys
+        self._issuer = issuer
         self._keys = keys
         self._organizations = organizations
         self._envelope = envelope
@@ -117,6 +124,18 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             api_key=api_key_message(issued.api_key),
             secret=issued.plaintext,
             previous_api_key=api_key_message(previous),
+        )
+
+    async def GetJwks(
+        self, request: auth_service_pb2.GetJwksRequest, context: Any
+    ) -> auth_service_pb2.GetJwksResponse:
+        now = self._clock()
+        await self._signing_keys.signing_key(now)  # the first call creates a key
+        document = jwks(await self._signing_keys.published(now))
+        return auth_service_pb2.GetJwksResponse(
+            jwks_json=json.dumps(document, sort_keys=True),
+            keys=[auth_pb2.JsonWebKey(**key) for key in document["keys"]],
+            issuer=self._issuer,
         )
 
     async def RevokeApiKey(

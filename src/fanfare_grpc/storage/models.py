@@ -88,3 +88,16 @@ class ApiKeyLookupRow(Base):
     lookup_id: Mapped[str] = mapped_column(String(16), primary_key=True)
     org_id: Mapped[str] = mapped_column(String(ID_LENGTH))
     key_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+
+
+class SigningKeyRow(Base):
+    """A token signing key (deployment-wide): private half sealed under a master key."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(80), primary_key=True)
+    sealed_private_key: Mapped[bytes] = mapped_column(LargeBinary)
+    master_key_id: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    sign_until: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    publish_until: Mapped[dt.datetime] = mapped_column(UtcDateTime())
