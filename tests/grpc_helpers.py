@@ -7,7 +7,10 @@ import shutil
 import sys
 from pathlib import Path
 
+import grpc
+from google.rpc import error_details_pb2
 from grpc import aio
+from grpc_status import rpc_status
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
@@ -42,3 +45,15 @@ async def run_grpcurl(*arguments: str, timeout: float = 30) -> tuple[int, str, s
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=timeout)
     assert process.returncode is not None
     return process.returncode, stdout.decode(), stderr.decode()
+
+
+def bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
+    """Fields named by the google.rpc.BadRequest details of an error."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    fields: list[str] = []
+    for detail in status.details:
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            fields.extend(violation.field for violation in bad_request.field_violations)
+    return fields

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 import protovalidate
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from fanfare_grpc.authentication.consumer_tokens import ConsumerTokenVerifier
 from fanfare_grpc.authentication.invalidation import (
     KeyInvalidationListener,
     PubSubKeyInvalidations,
@@ -23,16 +24,24 @@ from fanfare_grpc.authentication.key_verifier import KeyVerifier
 from fanfare_grpc.authentication.usage import KeyUsageRecorder
 from fanfare_grpc.cache.factory import open_cache
 from fanfare_grpc.cache.protocols import Cache
+from fanfare_grpc.crypto.consumer_emails import ConsumerEmailVault
 from fanfare_grpc.crypto.envelope import Envelope
 from fanfare_grpc.crypto.master_keys import MasterKeyRing, load_master_key_ring
 from fanfare_grpc.crypto.signing_keys import SigningKeyRing
 from fanfare_grpc.domain.api_key_service import ApiKeyService
+from fanfare_grpc.domain.passwordless import CodeSenders, PasswordlessLogin
+from fanfare_grpc.domain.session_service import SessionService, TokenLifetimes
+from fanfare_grpc.login_codes.sender import LogCodeSender
+from fanfare_grpc.login_codes.smtp import SmtpCodeSender, SmtpConfig
 from fanfare_grpc.permissions import PERMISSIONS, MethodPolicy
 from fanfare_grpc.settings import Settings
 from fanfare_grpc.storage import migrate
 from fanfare_grpc.storage.api_keys import SqlApiKeyStore
+from fanfare_grpc.storage.consumer_sessions import SqlSessionStore
+from fanfare_grpc.storage.consumers import SqlConsumerStore
 from fanfare_grpc.storage.data_keys import SqlDataKeyStore
 from fanfare_grpc.storage.database import Database
+from fanfare_grpc.storage.login_challenges import SqlChallengeStore
 from fanfare_grpc.storage.organizations import SqlOrganizationStore
 from fanfare_grpc.storage.signing_keys import SqlSigningKeyStore
 
@@ -72,6 +81,10 @@ class Application:
     key_usage: KeyUsageRecorder
     key_invalidation_listener: KeyInvalidationListener
     signing_keys: SigningKeyRing
+    consumers: SqlConsumerStore
+    sessions: SessionService
+    consumer_tokens: ConsumerTokenVerifier
+    passwordless: PasswordlessLogin
 
     @classmethod
     def build(
@@ -99,6 +112,45 @@ class Application:
         api_keys = SqlApiKeyStore(database)
         verifier = KeyVerifier(api_keys, cache.counters, wall_clock=clock)
         envelope = Envelope(ring, SqlDataKeyStore(database), reload_ring=load_ring)
+        signing_keys = SigningKeyRing(
+            SqlSigningKeyStore(database),
+            lambda: envelope.ring,
+            rotation=dt.timedelta(seconds=settings.signing_key_rotation_seconds),
+            token_lifetime=dt.timedelta(seconds=settings.access_token_ttl_seconds),
+        )
+        lifetimes = TokenLifetimes(
+            access=dt.timedelta(seconds=settings.access_token_ttl_seconds),
+            refresh=dt.timedelta(seconds=settings.refresh_token_ttl_seconds),
+        )
+        consumers = SqlConsumerStore(database)
+        session_store = SqlSessionStore(database)
+        consumer_tokens = ConsumerTokenVerifier(
+            signing_keys,
+            session_store,
+            envelope,
+            cache.values,
+            issuer=settings.token_issuer,
+            access_token_lifetime=lifetimes.access,
+            clock=clock,
+        )
+        sessions = SessionService(
+            consumers,
+            session_store,
+            signing_keys,
+            envelope,
+            consumer_tokens,
+            issuer=settings.token_issuer,
+            lifetimes=lifetimes,
+            clock=clock,
+            logger=logger,
+        )
+        smtp = (
+            SmtpCodeSender(
+                SmtpConfig.from_url(settings.smtp_url, settings.smtp_from, settings.smtp_ca_file)
+            )
+            if settings.smtp_url
+            else None
+        )
         return cls(
             settings=settings,
             logger=logger,
@@ -116,11 +168,20 @@ class Application:
             key_verifier=verifier,
             key_usage=KeyUsageRecorder(api_keys, logger),
             key_invalidation_listener=KeyInvalidationListener(cache.pubsub, verifier, logger),
-            signing_keys=SigningKeyRing(
-                SqlSigningKeyStore(database),
-                lambda: envelope.ring,
-                rotation=dt.timedelta(seconds=settings.signing_key_rotation_seconds),
-                token_lifetime=dt.timedelta(seconds=settings.access_token_ttl_seconds),
+            signing_keys=signing_keys,
+            consumers=consumers,
+            sessions=sessions,
+            consumer_tokens=consumer_tokens,
+            passwordless=PasswordlessLogin(
+                SqlChallengeStore(database),
+                consumers,
+                sessions,
+                ConsumerEmailVault(envelope),
+                envelope,
+                CodeSenders(smtp, LogCodeSender(logger)),
+                cache.counters,
+                clock=clock,
+                logger=logger,
             ),
         )
 

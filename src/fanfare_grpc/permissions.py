@@ -90,6 +90,7 @@ PERMISSIONS: Mapping[str, MethodPolicy] = {
     _SESSION + "RevokeSession": _consumer(OPERATORS, mutating=True),
     _SESSION + "ValidateSession": _secret(ANY_ROLE),
     _SESSION + "ListSessions": _secret(OPERATORS),
+    _SESSION + "EraseConsumer": _secret(ADMIN_ONLY, mutating=True),
     # QueueService
     _QUEUE + "CreateQueue": _secret(OPERATORS, mutating=True),
     _QUEUE + "GetQueue": MethodPolicy(publishable=True, secret_roles=OPERATORS),

@@ -66,6 +66,8 @@ class RunningServer:
         await self.monitor.drain()
         self._worker_stop.set()
         await self.server.stop(grace_seconds)
+        # Codes already promised to callers still go out (bounded by the SMTP timeout).
+        await self.application.passwordless.drain_deliveries()
         for task in self._tasks:
             task.cancel()
         stopped, stuck = await asyncio.wait(self._tasks, timeout=_TASK_STOP_SECONDS)

@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from fanfare_grpc.login_codes.smtp import SmtpConfig
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _LOG_LEVELS = {"debug", "info", "warning", "error", "critical"}
@@ -47,6 +49,13 @@ class Settings:
         token_issuer: ``iss`` of the tokens this deployment issues.
         access_token_ttl_seconds: Lifetime of consumer access tokens.
         signing_key_rotation_seconds: A token signing key signs for this long.
+        refresh_token_ttl_seconds: Lifetime of refresh tokens (each refresh extends the
+            session by this much, up to 90 days).
+        smtp_url: Where login codes are emailed (``smtp://`` requires STARTTLS,
+            ``smtps://`` implicit TLS, ``smtp+insecure://`` plaintext for local dev);
+            ``None``: test mode writes codes to the server log, live mode refuses logins.
+        smtp_from: Sender address of login code emails.
+        smtp_ca_file: Extra CA bundle trusted for the SMTP server's certificate.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -70,6 +79,10 @@ class Settings:
     token_issuer: str = "fanfare-grpc"
     access_token_ttl_seconds: float = 15 * 60.0
     signing_key_rotation_seconds: float = 7 * 24 * 3600.0
+    refresh_token_ttl_seconds: float = 30 * 24 * 3600.0
+    smtp_url: str | None = dataclasses.field(default=None, repr=False)
+    smtp_from: str = "Fanfare <no-reply@localhost>"
+    smtp_ca_file: Path | None = None
 
     @property
     def effective_database_url(self) -> str:
@@ -164,7 +177,18 @@ class Settings:
             signing_key_rotation_seconds=seconds(
                 "FANFARE_SIGNING_KEY_ROTATION_SECONDS", defaults.signing_key_rotation_seconds
             ),
+            refresh_token_ttl_seconds=seconds(
+                "FANFARE_REFRESH_TOKEN_TTL_SECONDS", defaults.refresh_token_ttl_seconds
+            ),
+            smtp_url=text("FANFARE_SMTP_URL"),
+            smtp_from=text("FANFARE_SMTP_FROM") or defaults.smtp_from,
+            smtp_ca_file=path("FANFARE_SMTP_CA_FILE"),
         )
+        if settings.smtp_url is not None:
+            try:
+                SmtpConfig.from_url(settings.smtp_url, settings.smtp_from, settings.smtp_ca_file)
+            except ValueError as error:
+                raise SettingsError(f"FANFARE_SMTP_URL/FANFARE_SMTP_FROM: {error}") from None
         if (settings.tls_cert is None) != (settings.tls_key is None):
             raise SettingsError("FANFARE_TLS_CERT and FANFARE_TLS_KEY must be set together")
         if settings.tls_client_ca is not None and settings.tls_cert is None:

@@ -37,6 +37,11 @@ def device_digester(root: bytes) -> KeyedDigester:
     return KeyedDigester(derive_key(root, "device-fingerprint"))
 
 
+def email_index_digester(root: bytes) -> KeyedDigester:
+    """Blind index of normalized email addresses (lookup without decrypting)."""
+    return KeyedDigester(derive_key(root, "email-index"))
+
+
 def sha256_hex(value: str) -> str:
     """Unkeyed SHA-256, for cache keys of high-entropy secrets only."""
     return hashlib.sha256(value.encode()).hexdigest()

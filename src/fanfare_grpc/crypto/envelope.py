@@ -13,7 +13,12 @@ from collections.abc import Callable
 from typing import Protocol
 
 from fanfare_grpc.crypto import aead
-from fanfare_grpc.crypto.digests import KeyedDigester, device_digester, ip_digester
+from fanfare_grpc.crypto.digests import (
+    KeyedDigester,
+    device_digester,
+    email_index_digester,
+    ip_digester,
+)
 from fanfare_grpc.crypto.master_keys import MasterKeyRing, new_key_material
 
 FIRST_DATA_KEY_VERSION = 1
@@ -151,6 +156,10 @@ class Envelope:
     async def device_digester(self, organization_id: str) -> KeyedDigester:
         """Device-fingerprint digests of this organization (stable across master rotations)."""
         return device_digester(await self._data_key(organization_id, FIRST_DATA_KEY_VERSION))
+
+    async def email_index_digester(self, organization_id: str) -> KeyedDigester:
+        """Blind-index digests of this organization's consumer emails."""
+        return email_index_digester(await self._data_key(organization_id, FIRST_DATA_KEY_VERSION))
 
     async def ip_digester(self, organization_id: str) -> KeyedDigester:
         """Client-IP digests of this organization."""

@@ -21,6 +21,9 @@ from fanfare_grpc.crypto.jwt_tokens import LEEWAY, SigningKey
 from fanfare_grpc.crypto.master_keys import MasterKeyRing
 
 PUBLIC_KEYS_REFRESH = dt.timedelta(seconds=30)
+# A kid we do not know may be a key another replica just created: re-read the store,
+# but at most this often, so tokens with made-up kids cannot hammer the database.
+UNKNOWN_KID_REFRESH = dt.timedelta(seconds=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +127,20 @@ class SigningKeyRing:
             stored.kid: self._unseal(stored).public_key
             for stored in await self._published_keys(now)
         }
+
+    async def public_keys_for(
+        self, kid: str | None, now: dt.datetime
+    ) -> dict[str, Ed25519PublicKey]:
+        """Published keys by ``kid``, re-read first if ``kid`` is new to this process."""
+        keys = await self.public_keys(now)
+        if (
+            kid is not None
+            and kid not in keys
+            and (self._published_at is None or now - self._published_at > UNKNOWN_KID_REFRESH)
+        ):
+            await self._refresh(now)
+            keys = await self.public_keys(now)
+        return keys
 
     async def published(self, now: dt.datetime) -> list[SigningKey]:
         """Published keys, newest first (for JWKS: only their public halves go out)."""

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import dataclasses
 import datetime as dt
-import json
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -22,9 +19,8 @@ from fanfare_grpc.domain.api_keys import (
     hash_api_key,
 )
 from fanfare_grpc.domain.names import normalized_name
+from fanfare_grpc.domain.pagination import ListCursor, decode_cursor, encode_cursor, page_size
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 NOT_FOUND_MESSAGE = "api key not found"
 
 Clock = Callable[[], dt.datetime]
@@ -36,14 +32,6 @@ class IssuedKey:
 
     api_key: ApiKey
     plaintext: str = dataclasses.field(repr=False)
-
-
-@dataclasses.dataclass(frozen=True)
-class ListCursor:
-    """Position after the last key of a page (newest first)."""
-
-    created_at: dt.datetime
-    key_id: str
 
 
 class ApiKeyStore(Protocol):
@@ -145,34 +133,6 @@ async def issue_api_key(
     return IssuedKey(record, generated.plaintext)
 
 
-def encode_cursor(cursor: ListCursor) -> str:
-    """Opaque page token."""
-    payload = json.dumps({"c": cursor.created_at.isoformat(), "k": cursor.key_id})
-    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
-
-
-def decode_cursor(token: str) -> ListCursor | None:
-    """The cursor in a page token ('' = first page).
-
-    Raises:
-        InvalidArgument: The token was not produced by ``encode_cursor``.
-    """
-    if not token:
-        return None
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        created_at = dt.datetime.fromisoformat(payload["c"])
-        key_id = payload["k"]
-        if created_at.tzinfo is None or not ids.has_id_shape(key_id, ids.API_KEY):
-            raise ValueError(key_id)
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise errors.InvalidArgument(
-            "invalid page token", (errors.FieldViolation("page_token", "not a valid page token"),)
-        ) from None
-    return ListCursor(created_at, key_id)
-
-
 class ApiKeyService:
     """What an ADMIN key may do with its organization's keys (in its own mode)."""
 
@@ -203,17 +163,17 @@ class ApiKeyService:
         self,
         organization_id: str,
         mode: Mode,
-        page_size: int,
+        requested_page_size: int,
         page_token: str,
         include_revoked: bool,
     ) -> tuple[Sequence[ApiKey], str]:
         """One page of keys, newest first, and the token of the next page ('' if none)."""
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        size = page_size(requested_page_size)
         keys = await self._store.list(
             organization_id,
             mode,
             limit=size + 1,
-            after=decode_cursor(page_token),
+            after=decode_cursor(page_token, ids.API_KEY),
             include_revoked=include_revoked,
             now=self._clock(),
         )

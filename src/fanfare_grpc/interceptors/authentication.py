@@ -1,12 +1,15 @@
-"""Authentication: transport identity, API key → one ``Principal`` per call.
+"""Authentication: transport identity, API key, consumer token → one ``Principal``.
 
 ``authorization: Bearer <key>`` or ``x-publishable-key: pk_…``; on mTLS, an
-allow-listed client certificate identity is a platform principal. Every failure
-gets the same UNAUTHENTICATED message, whatever was wrong.
+allow-listed client certificate identity is a platform principal. With
+``x-fanfare-session`` (and ``x-fanfare-device``), the consumer access token must be
+valid for the key's organization and mode, and adds the consumer and session. Every
+failure gets the same UNAUTHENTICATED message, whatever was wrong.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -14,6 +17,7 @@ from typing import Any
 from grpc import aio
 
 from fanfare_grpc import errors
+from fanfare_grpc.authentication.consumer_tokens import ConsumerTokenVerifier
 from fanfare_grpc.authentication.key_verifier import INVALID_CREDENTIALS, KeyVerifier
 from fanfare_grpc.authentication.usage import KeyUsageRecorder
 from fanfare_grpc.crypto.digests import KeyedDigester
@@ -25,6 +29,8 @@ from fanfare_grpc.interceptors.wrapping import (
 from fanfare_grpc.permissions import MethodPolicy
 
 _BEARER = "bearer "
+SESSION_HEADER = "x-fanfare-session"
+DEVICE_HEADER = "x-fanfare-device"
 _IDENTITY_PROPERTIES = ("x509_subject_alternative_name", "x509_common_name", "peer_spiffe_id")
 
 
@@ -87,7 +93,9 @@ class AuthenticationInterceptor(BehaviourInterceptor):
         platform_principals: frozenset[str],
         wall_clock: Callable[[], dt.datetime],
         client_digester: KeyedDigester,
+        consumer_tokens: ConsumerTokenVerifier,
     ) -> None:
+        self._consumer_tokens = consumer_tokens
         self._client_digester = client_digester
         self._permissions = permissions
         self._verifier = verifier
@@ -104,16 +112,21 @@ class AuthenticationInterceptor(BehaviourInterceptor):
         policy = self._permissions.get(method)
         if policy is not None and policy.public:
             return
+        state = current_call_state()
+        state.client_host = peer_host(context.peer() or "")
         platform_identity = self._platform_identity(context)
-        presented = presented_api_key(_text_metadata(context))
+        metadata = _text_metadata(context)
+        presented = presented_api_key(metadata)
         if presented is None:
             if platform_identity is None:
                 raise errors.Unauthenticated(INVALID_CREDENTIALS)
-            current_call_state().principal = Principal(platform_identity=platform_identity)
+            state.principal = Principal(platform_identity=platform_identity)
             return
-        key = await self._verifier.verify(presented, self._client(context))
+        key = await self._verifier.verify(
+            presented, self._client_digester.digest(state.client_host)
+        )
         self._usage.note(key.organization_id, key.key_id, self._now())
-        current_call_state().principal = Principal(
+        principal = Principal(
             organization_id=key.organization_id,
             mode=key.mode,
             key_kind=key.kind,
@@ -121,10 +134,15 @@ class AuthenticationInterceptor(BehaviourInterceptor):
             key_id=key.key_id,
             platform_identity=platform_identity,
         )
-
-    def _client(self, context: aio.ServicerContext[Any, Any]) -> str:
-        """Keyed digest of the caller's IP (raw IPs are never kept)."""
-        return self._client_digester.digest(peer_host(context.peer() or ""))
+        token = metadata.get(SESSION_HEADER)
+        if token is not None:
+            identity = await self._consumer_tokens.verify(
+                token.strip(), metadata.get(DEVICE_HEADER), key.organization_id, key.mode
+            )
+            principal = dataclasses.replace(
+                principal, consumer_id=identity.consumer_id, session_id=identity.session_id
+            )
+        state.principal = principal
 
     def _platform_identity(self, context: aio.ServicerContext[Any, Any]) -> str | None:
         if not self._platform_principals:

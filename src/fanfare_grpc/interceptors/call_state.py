@@ -36,6 +36,7 @@ class CallState:
             response-headers layer before any work (servicer or idempotent replay).
         headers_sent: Whether ``response_headers`` went out as initial metadata.
         principal: Who is calling, once authentication has run.
+        client_host: The caller's IP address, for keyed digests only (never stored).
     """
 
     method: str
@@ -44,6 +45,7 @@ class CallState:
     response_headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     headers_sent: bool = False
     principal: Principal | None = None
+    client_host: str = ""
 
     def add_response_header(self, key: str, value: str) -> None:
         """Queue one initial-metadata entry (ignored once headers went out)."""

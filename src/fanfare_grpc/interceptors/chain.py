@@ -30,6 +30,7 @@ def build_interceptor_chain(application: Application) -> list[aio.ServerIntercep
             frozenset(application.settings.platform_principals),
             application.clock,
             application.envelope.deployment_ip_digester(),
+            application.consumer_tokens,
         ),
         AuthorizationInterceptor(application.permissions),
         RequestValidationInterceptor(application.validator),

@@ -14,6 +14,7 @@ from grpc import aio
 
 from fanfare_grpc.app import Application
 from fanfare_grpc.servicers.auth import AuthServicer
+from fanfare_grpc.servicers.session import SessionServicer
 
 # Full names of the five product services, from the generated descriptors.
 SERVICE_NAMES: tuple[str, ...] = (
@@ -60,13 +61,17 @@ def register_servicers(server: aio.Server, application: Application) -> tuple[st
     # mypy-protobuf types every RPC as abstract; the ones an issue has not built yet
     # are inherited from the generated base and answer UNIMPLEMENTED.
     implemented: dict[Callable[[Any, aio.Server], None], Any] = {
-        auth_service_pb2_grpc.add_AuthServiceServicer_to_server: AuthServicer(  # type: ignore[abstract]
+        auth_service_pb2_grpc.add_AuthServiceServicer_to_server: AuthServicer(
             application.key_service,
             application.organizations,
             application.envelope,
             application.clock,
             application.signing_keys,
             application.settings.token_issuer,
+            application.passwordless,
+        ),
+        session_service_pb2_grpc.add_SessionServiceServicer_to_server: SessionServicer(
+            application.sessions, application.consumer_tokens
         ),
     }
     for add_to_server, servicer in _SERVICERS:

@@ -1,4 +1,4 @@
-"""AuthService: organizations and API keys (passwordless login: consumer issue)."""
+"""AuthService: organizations, API keys, passwordless login, JWKS."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from fanfare.auth.v1 import auth_pb2, auth_service_pb2, auth_service_pb2_grpc
 from fanfare_grpc.crypto.envelope import Envelope
 from fanfare_grpc.crypto.jwt_tokens import jwks
 from fanfare_grpc.crypto.signing_keys import SigningKeyRing
-from fanfare_grpc.domain.access import Principal
 from fanfare_grpc.domain.api_key_service import ApiKeyService
 from fanfare_grpc.domain.api_keys import ApiKey
 from fanfare_grpc.domain.organizations import OrganizationStore, create_organization
-from fanfare_grpc.interceptors.call_state import current_call_state
+from fanfare_grpc.domain.passwordless import PasswordlessLogin
+from fanfare_grpc.interceptors.authentication import DEVICE_HEADER
 from fanfare_grpc.servicers import convert
+from fanfare_grpc.servicers.principal import call_metadata, client_host, current_principal
+from fanfare_grpc.servicers.session import issued_fields
 
 
 def api_key_message(key: ApiKey) -> auth_pb2.ApiKey:
@@ -39,12 +41,6 @@ def api_key_message(key: ApiKey) -> auth_pb2.ApiKey:
     )
 
 
-def _principal() -> Principal:
-    principal = current_call_state().principal
-    assert principal is not None, "authorization lets no anonymous call through"
-    return principal
-
-
 class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     """Thin: proto in, domain call, proto out."""
 
@@ -56,7 +52,9 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         clock: Callable[[], dt.datetime],
         signing_keys: SigningKeyRing,
         issuer: str,
+        passwordless: PasswordlessLogin,
     ) -> None:
+        self._passwordless = passwordless
         self._signing_keys = signing_keys
         self._issuer = issuer
         self._keys = keys
@@ -86,7 +84,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     async def CreateApiKey(
         self, request: auth_service_pb2.CreateApiKeyRequest, context: Any
     ) -> auth_service_pb2.CreateApiKeyResponse:
-        organization_id, mode = _principal().tenant()
+        organization_id, mode = current_principal().tenant()
         issued = await self._keys.create(
             organization_id,
             mode,
@@ -102,7 +100,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     async def ListApiKeys(
         self, request: auth_service_pb2.ListApiKeysRequest, context: Any
     ) -> auth_service_pb2.ListApiKeysResponse:
-        organization_id, mode = _principal().tenant()
+        organization_id, mode = current_principal().tenant()
         keys, next_page_token = await self._keys.list(
             organization_id, mode, request.page_size, request.page_token, request.include_revoked
         )
@@ -113,7 +111,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     async def RotateApiKey(
         self, request: auth_service_pb2.RotateApiKeyRequest, context: Any
     ) -> auth_service_pb2.RotateApiKeyResponse:
-        organization_id, mode = _principal().tenant()
+        organization_id, mode = current_principal().tenant()
         grace = (
             convert.from_duration(request.grace_period)
             if request.HasField("grace_period")
@@ -141,6 +139,35 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     async def RevokeApiKey(
         self, request: auth_service_pb2.RevokeApiKeyRequest, context: Any
     ) -> auth_service_pb2.RevokeApiKeyResponse:
-        organization_id, mode = _principal().tenant()
+        organization_id, mode = current_principal().tenant()
         revoked = await self._keys.revoke(organization_id, mode, request.key_id)
         return auth_service_pb2.RevokeApiKeyResponse(api_key=api_key_message(revoked))
+
+    async def StartPasswordlessLogin(
+        self, request: auth_service_pb2.StartPasswordlessLoginRequest, context: Any
+    ) -> auth_service_pb2.StartPasswordlessLoginResponse:
+        organization_id, mode = current_principal().tenant()
+        started = await self._passwordless.start(
+            organization_id,
+            mode,
+            request.email,
+            call_metadata(context).get(DEVICE_HEADER),
+            client_host(),
+        )
+        return auth_service_pb2.StartPasswordlessLoginResponse(
+            challenge_id=started.challenge_id, expires_at=convert.timestamp(started.expires_at)
+        )
+
+    async def VerifyPasswordlessLogin(
+        self, request: auth_service_pb2.VerifyPasswordlessLoginRequest, context: Any
+    ) -> auth_service_pb2.VerifyPasswordlessLoginResponse:
+        organization_id, mode = current_principal().tenant()
+        issued = await self._passwordless.verify(
+            organization_id,
+            mode,
+            request.challenge_id,
+            request.code,
+            call_metadata(context).get(DEVICE_HEADER),
+            client_host(),
+        )
+        return auth_service_pb2.VerifyPasswordlessLoginResponse(**issued_fields(issued))

@@ -11,8 +11,8 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fanfare_grpc.domain.access import KeyKind, Mode, Role
-from fanfare_grpc.domain.api_key_service import ListCursor
 from fanfare_grpc.domain.api_keys import ApiKey
+from fanfare_grpc.domain.pagination import ListCursor
 from fanfare_grpc.storage.database import Database
 from fanfare_grpc.storage.models import ApiKeyLookupRow, ApiKeyRow
 
@@ -113,7 +113,9 @@ class SqlApiKeyStore:
             query = query.where(
                 or_(
                     ApiKeyRow.created_at < after.created_at,
-                    and_(ApiKeyRow.created_at == after.created_at, ApiKeyRow.key_id < after.key_id),
+                    and_(
+                        ApiKeyRow.created_at == after.created_at, ApiKeyRow.key_id < after.item_id
+                    ),
                 )
             )
         query = query.order_by(ApiKeyRow.created_at.desc(), ApiKeyRow.key_id.desc()).limit(limit)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKeyConstraint, Index, Integer, LargeBinary, String
+from sqlalchemy import Boolean, ForeignKeyConstraint, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fanfare_grpc.storage.types import UtcDateTime
@@ -101,3 +101,91 @@ class SigningKeyRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     sign_until: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     publish_until: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class ConsumerRow(Base):
+    """A consumer. The email exists only sealed (per-consumer key) plus a blind index."""
+
+    __tablename__ = "consumers"
+    __table_args__ = (
+        ForeignKeyConstraint(["org_id"], ["organizations.org_id"], ondelete="CASCADE"),
+        Index("consumers_email_index", "org_id", "mode", "email_index", unique=True),
+        _PARTITIONED,
+    )
+
+    org_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    consumer_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(8))
+    guest: Mapped[bool] = mapped_column(Boolean)
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    email_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    email_index: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    erased_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+
+
+class ConsumerSessionRow(Base):
+    """A consumer session bound to one device (keyed digest of its fingerprint)."""
+
+    __tablename__ = "consumer_sessions"
+    __table_args__ = (
+        ForeignKeyConstraint(["org_id"], ["organizations.org_id"], ondelete="CASCADE"),
+        Index("consumer_sessions_by_consumer", "org_id", "mode", "consumer_id", "created_at"),
+        _PARTITIONED,
+    )
+
+    org_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(8))
+    consumer_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    guest: Mapped[bool] = mapped_column(Boolean)
+    device_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    revoke_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+class RefreshTokenRow(Base):
+    """A refresh token: lookup id and bcrypt hash; ``used_at`` makes it single use."""
+
+    __tablename__ = "refresh_tokens"
+    __table_args__ = (
+        ForeignKeyConstraint(["org_id"], ["organizations.org_id"], ondelete="CASCADE"),
+        Index("refresh_tokens_by_session", "org_id", "session_id"),
+        _PARTITIONED,
+    )
+
+    org_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    lookup_id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(8))
+    session_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    secret_hash: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+
+
+class LoginChallengeRow(Base):
+    """A passwordless login challenge: bcrypt hash of its code, bound to a device."""
+
+    __tablename__ = "login_challenges"
+    __table_args__ = (
+        ForeignKeyConstraint(["org_id"], ["organizations.org_id"], ondelete="CASCADE"),
+        Index("login_challenges_by_email", "org_id", "mode", "email_index"),
+        _PARTITIONED,
+    )
+
+    org_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    challenge_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(8))
+    email_index: Mapped[str | None] = mapped_column(String(64))
+    email_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    device_hash: Mapped[str] = mapped_column(String(64))
+    code_hash: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    attempts: Mapped[int] = mapped_column(Integer)
+    consumed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    voided_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())

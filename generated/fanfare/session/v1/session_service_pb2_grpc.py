@@ -69,6 +69,11 @@ class SessionServiceStub:
                 request_serializer=fanfare_dot_session_dot_v1_dot_session__service__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=fanfare_dot_session_dot_v1_dot_session__service__pb2.ListSessionsResponse.FromString,
                 _registered_method=True)
+        self.EraseConsumer = channel.unary_unary(
+                '/fanfare.session.v1.SessionService/EraseConsumer',
+                request_serializer=fanfare_dot_session_dot_v1_dot_session__service__pb2.EraseConsumerRequest.SerializeToString,
+                response_deserializer=fanfare_dot_session_dot_v1_dot_session__service__pb2.EraseConsumerResponse.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -147,6 +152,21 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseConsumer(self, request, context):
+        """Erases a consumer (right to erasure): their email becomes unreadable for good (the
+        per-consumer key that sealed it is destroyed, the ciphertext and the email lookup
+        index are deleted) and every session is revoked at once. Erasing an erased
+        consumer succeeds and changes nothing. A later login with the same email creates a
+        new consumer.
+        Caller: sk with role ADMIN (idempotency-key accepted).
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad id),
+        NOT_FOUND (unknown consumer, other organization or mode), ABORTED,
+        RESOURCE_EXHAUSTED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +199,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.ListSessions,
                     request_deserializer=fanfare_dot_session_dot_v1_dot_session__service__pb2.ListSessionsRequest.FromString,
                     response_serializer=fanfare_dot_session_dot_v1_dot_session__service__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'EraseConsumer': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseConsumer,
+                    request_deserializer=fanfare_dot_session_dot_v1_dot_session__service__pb2.EraseConsumerRequest.FromString,
+                    response_serializer=fanfare_dot_session_dot_v1_dot_session__service__pb2.EraseConsumerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +373,33 @@ class SessionService:
             '/fanfare.session.v1.SessionService/ListSessions',
             fanfare_dot_session_dot_v1_dot_session__service__pb2.ListSessionsRequest.SerializeToString,
             fanfare_dot_session_dot_v1_dot_session__service__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseConsumer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fanfare.session.v1.SessionService/EraseConsumer',
+            fanfare_dot_session_dot_v1_dot_session__service__pb2.EraseConsumerRequest.SerializeToString,
+            fanfare_dot_session_dot_v1_dot_session__service__pb2.EraseConsumerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -82,6 +82,17 @@ class SessionServiceStub:
     token), NOT_FOUND (unknown consumer, other organization or mode),
     RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
+    EraseConsumer: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.EraseConsumerRequest, _session_service_pb2.EraseConsumerResponse]
+    """Erases a consumer (right to erasure): their email becomes unreadable for good (the
+    per-consumer key that sealed it is destroyed, the ciphertext and the email lookup
+    index are deleted) and every session is revoked at once. Erasing an erased
+    consumer succeeds and changes nothing. A later login with the same email creates a
+    new consumer.
+    Caller: sk with role ADMIN (idempotency-key accepted).
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad id),
+    NOT_FOUND (unknown consumer, other organization or mode), ABORTED,
+    RESOURCE_EXHAUSTED, UNAVAILABLE.
+    """
 
 @_typing.type_check_only
 class SessionServiceAsyncStub(SessionServiceStub):
@@ -135,6 +146,17 @@ class SessionServiceAsyncStub(SessionServiceStub):
     Caller: sk with role ADMIN or OPERATOR.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad id or page
     token), NOT_FOUND (unknown consumer, other organization or mode),
+    RESOURCE_EXHAUSTED, UNAVAILABLE.
+    """
+    EraseConsumer: _aio.UnaryUnaryMultiCallable[_session_service_pb2.EraseConsumerRequest, _session_service_pb2.EraseConsumerResponse]  # type: ignore[assignment]
+    """Erases a consumer (right to erasure): their email becomes unreadable for good (the
+    per-consumer key that sealed it is destroyed, the ciphertext and the email lookup
+    index are deleted) and every session is revoked at once. Erasing an erased
+    consumer succeeds and changes nothing. A later login with the same email creates a
+    new consumer.
+    Caller: sk with role ADMIN (idempotency-key accepted).
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad id),
+    NOT_FOUND (unknown consumer, other organization or mode), ABORTED,
     RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
 
@@ -223,6 +245,23 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         Caller: sk with role ADMIN or OPERATOR.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad id or page
         token), NOT_FOUND (unknown consumer, other organization or mode),
+        RESOURCE_EXHAUSTED, UNAVAILABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseConsumer(
+        self,
+        request: _session_service_pb2.EraseConsumerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_service_pb2.EraseConsumerResponse, _abc.Awaitable[_session_service_pb2.EraseConsumerResponse]]:
+        """Erases a consumer (right to erasure): their email becomes unreadable for good (the
+        per-consumer key that sealed it is destroyed, the ciphertext and the email lookup
+        index are deleted) and every session is revoked at once. Erasing an erased
+        consumer succeeds and changes nothing. A later login with the same email creates a
+        new consumer.
+        Caller: sk with role ADMIN (idempotency-key accepted).
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad id),
+        NOT_FOUND (unknown consumer, other organization or mode), ABORTED,
         RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
 

@@ -1,0 +1,205 @@
+"""Consumer access token checks: signature once, server state on every call.
+
+A token's signature and claims are verified once per process and cached by the
+SHA-256 digest of the token until it expires. The first sight of a token on a
+replica also reads its session from the database (live, same consumer). Every call
+then checks, without the signature: the organization and mode of the calling key,
+expiry, the device fingerprint's keyed digest against ``dfp``, and the shared
+revocation marker of the session (one cache read), so a revoked session stops
+working at once on every replica.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import enum
+import hmac
+from collections.abc import Callable
+from typing import Protocol
+
+import jwt
+
+from fanfare_grpc import errors
+from fanfare_grpc.cache.protocols import KeyValueStore
+from fanfare_grpc.crypto.digests import sha256_hex
+from fanfare_grpc.crypto.envelope import Envelope
+from fanfare_grpc.crypto.jwt_tokens import LEEWAY, InvalidToken, verify_access_token
+from fanfare_grpc.crypto.signing_keys import SigningKeyRing
+from fanfare_grpc.domain.access import Mode
+from fanfare_grpc.domain.consumer_sessions import ConsumerSession
+
+INVALID_SESSION = "missing or invalid consumer session"
+MAX_TOKEN_LENGTH = 4096
+MAX_CACHED_TOKENS = 100_000
+
+
+class TokenVerdict(enum.Enum):
+    """Outcome of a token check (``ValidateSession`` reports it as ``reason``)."""
+
+    OK = "ok"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    INVALID = "invalid"
+    DEVICE_MISMATCH = "device_mismatch"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsumerIdentity:
+    """Who a valid access token speaks for."""
+
+    consumer_id: str
+    session_id: str
+    expires_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenCheck:
+    """A verdict, and the identity when the token is valid."""
+
+    verdict: TokenVerdict
+    identity: ConsumerIdentity | None = None
+
+
+class SessionReader(Protocol):
+    """Where the verifier reads session state."""
+
+    async def get_session(
+        self, organization_id: str, mode: Mode, session_id: str
+    ) -> ConsumerSession | None:
+        """One session."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _Verified:
+    organization_id: str
+    mode: Mode
+    identity: ConsumerIdentity
+    device_hash: str
+    session_expires_at: dt.datetime
+
+
+def revocation_marker(session_id: str) -> str:
+    """Cache key whose presence means: this session's access tokens are dead."""
+    return f"sessions:revoked:{session_id}"
+
+
+class ConsumerTokenVerifier:
+    """Checks consumer access tokens; one instance per process."""
+
+    def __init__(
+        self,
+        signing_keys: SigningKeyRing,
+        sessions: SessionReader,
+        envelope: Envelope,
+        markers: KeyValueStore,
+        *,
+        issuer: str,
+        access_token_lifetime: dt.timedelta,
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        self._signing_keys = signing_keys
+        self._sessions = sessions
+        self._envelope = envelope
+        self._markers = markers
+        self._issuer = issuer
+        self._marker_ttl = (access_token_lifetime + LEEWAY).total_seconds()
+        self._clock = clock
+        self._verified: collections.OrderedDict[str, _Verified] = collections.OrderedDict()
+        self.signature_checks = 0
+
+    async def verify(
+        self, token: str, device: str | None, organization_id: str, mode: Mode
+    ) -> ConsumerIdentity:
+        """The identity behind a token presented with a key of ``organization_id``/``mode``.
+
+        Raises:
+            Unauthenticated: Anything wrong (one message, whatever it was).
+        """
+        if device is None:
+            raise errors.Unauthenticated(INVALID_SESSION)
+        check = await self.check(token, device, organization_id, mode)
+        if check.identity is None:
+            raise errors.Unauthenticated(INVALID_SESSION)
+        return check.identity
+
+    async def check(
+        self, token: str, device: str | None, organization_id: str, mode: Mode
+    ) -> TokenCheck:
+        """Verdict on a token; ``device`` None skips the device check (ValidateSession)."""
+        if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
+            return TokenCheck(TokenVerdict.INVALID)
+        now = self._clock()
+        digest = sha256_hex(token)
+        verified = self._verified.get(digest)
+        if verified is None:
+            first_sight = await self._first_sight(token, organization_id, mode, now)
+            if isinstance(first_sight, TokenVerdict):
+                return TokenCheck(first_sight)
+            verified = first_sight
+            self._remember(digest, verified)
+        if verified.organization_id != organization_id or verified.mode != mode:
+            return TokenCheck(TokenVerdict.INVALID)
+        if verified.identity.expires_at <= now - LEEWAY or verified.session_expires_at <= now:
+            self._verified.pop(digest, None)
+            return TokenCheck(TokenVerdict.EXPIRED)
+        if device is not None:
+            digester = await self._envelope.device_digester(organization_id)
+            if not hmac.compare_digest(digester.digest(device), verified.device_hash):
+                return TokenCheck(TokenVerdict.DEVICE_MISMATCH)
+        if await self._markers.get(revocation_marker(verified.identity.session_id)) is not None:
+            self._verified.pop(digest, None)
+            return TokenCheck(TokenVerdict.REVOKED)
+        self._verified.move_to_end(digest)
+        return TokenCheck(TokenVerdict.OK, verified.identity)
+
+    async def session_revoked(self, session_id: str) -> None:
+        """Mark the session revoked for every replica, for as long as a token may live."""
+        await self._markers.set(revocation_marker(session_id), "1", self._marker_ttl)
+
+    async def _first_sight(
+        self, token: str, organization_id: str, mode: Mode, now: dt.datetime
+    ) -> _Verified | TokenVerdict:
+        self.signature_checks += 1
+        try:
+            claims = verify_access_token(
+                token,
+                await self._signing_keys.public_keys_for(token_kid(token), now),
+                issuer=self._issuer,
+                organization_id=organization_id,
+                now=now,
+            )
+        except InvalidToken as invalid:
+            return TokenVerdict.EXPIRED if invalid.reason == "expired" else TokenVerdict.INVALID
+        session = await self._sessions.get_session(organization_id, mode, claims.session_id)
+        if session is None or session.consumer_id != claims.consumer_id:
+            return TokenVerdict.INVALID
+        if session.revoked_at is not None:
+            return TokenVerdict.REVOKED
+        if session.expires_at <= now:
+            return TokenVerdict.EXPIRED
+        if not hmac.compare_digest(session.device_hash, claims.device_hash):
+            return TokenVerdict.INVALID
+        return _Verified(
+            organization_id=organization_id,
+            mode=mode,
+            identity=ConsumerIdentity(claims.consumer_id, claims.session_id, claims.expires_at),
+            device_hash=claims.device_hash,
+            session_expires_at=session.expires_at,
+        )
+
+    def _remember(self, digest: str, verified: _Verified) -> None:
+        self._verified[digest] = verified
+        while len(self._verified) > MAX_CACHED_TOKENS:
+            self._verified.popitem(last=False)
+
+
+def token_kid(token: str) -> str | None:
+    """The ``kid`` header of a compact JWS, unverified (None if unreadable)."""
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.InvalidTokenError:
+        return None
+    return kid if isinstance(kid, str) else None

@@ -1,0 +1,1 @@
+"""Delivery of one-time login codes (passwordless email login)."""

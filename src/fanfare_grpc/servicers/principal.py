@@ -1,0 +1,29 @@
+"""What servicers read about the current call: its principal and metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fanfare_grpc.domain.access import Principal
+from fanfare_grpc.interceptors.call_state import current_call_state
+
+
+def current_principal() -> Principal:
+    """The authenticated caller (authorization lets no anonymous call through)."""
+    principal = current_call_state().principal
+    assert principal is not None, "authorization lets no anonymous call through"
+    return principal
+
+
+def client_host() -> str:
+    """The caller's IP address (for keyed digests only)."""
+    return current_call_state().client_host
+
+
+def call_metadata(context: Any) -> dict[str, str]:
+    """Text request metadata, keys lower-cased."""
+    return {
+        key.lower(): value
+        for key, value in context.invocation_metadata() or ()
+        if isinstance(value, str)
+    }
