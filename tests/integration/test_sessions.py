@@ -395,3 +395,32 @@ async def test_validate_session_reports_instead_of_failing(world: ConsumerWorld)
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
+
+
+async def test_the_signature_is_checked_once_per_token_but_revocation_every_call(
+    world: ConsumerWorld,
+) -> None:
+    verifier = world.server.application.consumer_tokens
+    guest = await world.guest()
+    before = verifier.signature_checks
+    for _ in range(10):
+        await world.get_session(guest.access_token)
+    assert verifier.signature_checks == before + 1
+    await revoke_as_consumer(world, guest.access_token)
+    # Still cached as verified, yet refused on the very next call.
+    await expect_code(world.get_session(guest.access_token), UNAUTHENTICATED)
+
+
+async def test_a_stale_access_token_does_not_block_the_refresh_that_renews_it(
+    world: ConsumerWorld,
+) -> None:
+    guest = await world.guest()
+    world.clock.advance(dt.timedelta(minutes=20))
+    await expect_code(world.get_session(guest.access_token), UNAUTHENTICATED)
+    # SDKs send x-fanfare-session on every call; RefreshSession does not act as a
+    # consumer, so the expired token is ignored there.
+    refreshed: sessions.RefreshSessionResponse = await world.sessions.RefreshSession(
+        sessions.RefreshSessionRequest(refresh_token=guest.refresh_token),
+        metadata=consumer_metadata(world.acme.publishable_key, guest.access_token, "device-1"),
+    )
+    assert (await world.get_session(refreshed.access_token)).session.session_id

@@ -52,6 +52,7 @@ class ConsumerIdentity:
     consumer_id: str
     session_id: str
     expires_at: dt.datetime
+    device_hash: str = dataclasses.field(repr=False, default="")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +186,9 @@ class ConsumerTokenVerifier:
         return _Verified(
             organization_id=organization_id,
             mode=mode,
-            identity=ConsumerIdentity(claims.consumer_id, claims.session_id, claims.expires_at),
+            identity=ConsumerIdentity(
+                claims.consumer_id, claims.session_id, claims.expires_at, claims.device_hash
+            ),
             device_hash=claims.device_hash,
             session_expires_at=session.expires_at,
         )

@@ -42,6 +42,7 @@ class Principal:
         platform_identity: Certificate identity of an allow-listed internal backend.
         consumer_id: Consumer of a verified consumer token (consumer issue).
         session_id: Session of that token.
+        device_hash: Keyed digest of the verified device fingerprint of that session.
     """
 
     organization_id: str | None = None
@@ -52,6 +53,7 @@ class Principal:
     platform_identity: str | None = None
     consumer_id: str | None = None
     session_id: str | None = None
+    device_hash: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def actor_id(self) -> str:

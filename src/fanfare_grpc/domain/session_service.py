@@ -400,6 +400,15 @@ class SessionService:
         )
         if erasure is None:
             raise errors.NotFound(CONSUMER_NOT_FOUND)
+        self._logger.info(
+            "consumer erased",
+            extra={
+                "event": "consumer.erased",
+                "organization_id": organization_id,
+                "consumer_id": consumer_id,
+                "sessions_revoked": len(erasure.revoked_session_ids),
+            },
+        )
         await self._broadcast_revocations(erasure.revoked_session_ids)
         return erasure
 

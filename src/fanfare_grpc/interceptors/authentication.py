@@ -26,7 +26,7 @@ from fanfare_grpc.interceptors.call_state import current_call_state
 from fanfare_grpc.interceptors.wrapping import (
     BehaviourInterceptor,
 )
-from fanfare_grpc.permissions import MethodPolicy
+from fanfare_grpc.permissions import ConsumerToken, MethodPolicy
 
 _BEARER = "bearer "
 SESSION_HEADER = "x-fanfare-session"
@@ -135,12 +135,21 @@ class AuthenticationInterceptor(BehaviourInterceptor):
             platform_identity=platform_identity,
         )
         token = metadata.get(SESSION_HEADER)
-        if token is not None:
+        # Only methods that act as a consumer read the token: SDKs attach it to every
+        # call, and a stale one must not break e.g. the RefreshSession that renews it.
+        if (
+            token is not None
+            and policy is not None
+            and policy.consumer_token is not (ConsumerToken.NOT_USED)
+        ):
             identity = await self._consumer_tokens.verify(
                 token.strip(), metadata.get(DEVICE_HEADER), key.organization_id, key.mode
             )
             principal = dataclasses.replace(
-                principal, consumer_id=identity.consumer_id, session_id=identity.session_id
+                principal,
+                consumer_id=identity.consumer_id,
+                session_id=identity.session_id,
+                device_hash=identity.device_hash,
             )
         state.principal = principal
 
