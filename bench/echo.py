@@ -1,8 +1,10 @@
-"""A raw-bytes echo RPC hosted by both the SUT and the bare baseline.
+"""Raw-bytes echo RPCs hosted by both the SUT and the bare baseline.
 
-On the SUT it sits behind the full interceptor chain and needs a secret key (any
-role), so ``authenticated_echo`` vs ``bare_echo`` is exactly the price of Fanfare's
-layers (authentication included) around a call that does no work of its own.
+On the SUT they sit behind the full interceptor chain: ``Echo`` needs a secret key
+(any role), ``ConsumerEcho`` a publishable key plus a consumer access token (see
+``bench.sut_server``). So ``authenticated_call`` and ``consumer_echo`` vs
+``bare_echo`` are exactly the price of Fanfare's layers (authentication included)
+around a call that does no work of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import grpc
 
 SERVICE = "fanfare.bench.v1.EchoService"
 ECHO_METHOD = f"/{SERVICE}/Echo"
+CONSUMER_ECHO_METHOD = f"/{SERVICE}/ConsumerEcho"
 
 
 async def _echo(request: bytes, context: Any) -> bytes:
@@ -20,7 +23,11 @@ async def _echo(request: bytes, context: Any) -> bytes:
 
 
 def echo_handler() -> grpc.GenericRpcHandler:
-    """Generic handler serving ``ECHO_METHOD`` (bytes in, same bytes out)."""
+    """Generic handler serving both echo methods (bytes in, same bytes out)."""
     return grpc.method_handlers_generic_handler(
-        SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
+        SERVICE,
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(_echo),
+            "ConsumerEcho": grpc.unary_unary_rpc_method_handler(_echo),
+        },
     )

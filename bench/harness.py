@@ -35,7 +35,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.load_client import LoadPlan, LoadResult, Metadata, Payload
+from bench.load_client import CallChain, LoadPlan, LoadResult, Metadata, Payload
 from bench.servers import (
     HEALTH_CHECK_METHOD,
     REPO_ROOT,
@@ -69,12 +69,18 @@ class CallSpec:
         variants: If set, call ``i`` sends ``variants[i % len(variants)]`` instead of
             (``request``, ``metadata``): e.g. one distinct key per call for a
             cold-cache case (combine with ``warmup_seconds=0`` and ``max_calls``).
+        chain: If set, every worker of every measurement starts its own chain
+            (unmeasured setup, e.g. a fresh session) and derives each request from the
+            previous response (e.g. rotating refresh tokens); ``request``,
+            ``metadata`` and ``variants`` are then unused. See
+            ``bench.load_client.CallChain``.
     """
 
     method: str
     request: bytes = b""
     metadata: Metadata = ()
     variants: tuple[Payload, ...] = ()
+    chain: CallChain | None = None
 
     def payloads(self) -> tuple[Payload, ...]:
         """The payloads the client cycles through."""
@@ -246,6 +252,7 @@ def _plan(case: Case, spec: CallSpec, address: str, options: RunOptions) -> Load
         duration_seconds=pick(case.duration_seconds, options.duration_seconds),
         max_calls=int(pick(case.max_calls, options.max_calls)),
         call_timeout_seconds=options.call_timeout_seconds,
+        chain=spec.chain,
     )
 
 
@@ -357,6 +364,7 @@ __all__ = [
     "HEALTH_CHECK_METHOD",
     "SUT",
     "BenchContext",
+    "CallChain",
     "CallSpec",
     "Case",
     "CaseResult",

@@ -13,6 +13,10 @@ it over a ``multiprocessing`` ``Connection`` on the inherited socket ``FD``:
 Load is closed-loop: ``concurrency`` workers each keep exactly one unary call in
 flight. Calls that *start* inside the measurement window are measured; every loop is
 bounded by a deadline and by a call count, and every call by a timeout.
+
+With a ``CallChain`` in the plan, each worker owns one chain: before step 2 it sets
+up its own state (e.g. a session, unmeasured), and each next request is derived from
+the previous response (e.g. the newest single-use refresh token).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import time
 import traceback
 from collections import Counter
 from multiprocessing.connection import Connection
+from typing import Protocol
 
 from grpc import aio
 
@@ -36,6 +41,25 @@ Payload = tuple[bytes, Metadata]
 _READY_TIMEOUT_SECONDS = 15.0
 _START_TIMEOUT_SECONDS = 60.0
 _NS = 1_000_000_000
+
+
+class CallChain(Protocol):
+    """Calls whose request depends on the previous response; one chain per worker.
+
+    Implementations are pickled into the ``LoadPlan``, so they must be importable
+    classes of the ``bench`` package holding plain data.
+    """
+
+    async def start(self, channel: aio.Channel) -> Payload:
+        """Set up one worker's state through ``channel`` (unmeasured); its first payload."""
+        ...
+
+    def next(self, payload: Payload, response: bytes) -> Payload:
+        """The payload to send after ``payload`` succeeded with ``response``.
+
+        After a failed call the worker sends the same payload again.
+        """
+        ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +75,8 @@ class LoadPlan:
         duration_seconds: Length of the measurement window.
         max_calls: At most this many measured calls (the window ends early if reached).
         call_timeout_seconds: Deadline of each call.
+        chain: If set, ``payloads`` is ignored: each worker starts its own chain and
+            derives every request from the previous response.
     """
 
     address: str
@@ -61,6 +87,7 @@ class LoadPlan:
     duration_seconds: float
     max_calls: int
     call_timeout_seconds: float
+    chain: CallChain | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +148,15 @@ class _Meter:
 
 
 async def _worker(
-    call: aio.UnaryUnaryMultiCallable[bytes, bytes], plan: LoadPlan, meter: _Meter
+    call: aio.UnaryUnaryMultiCallable[bytes, bytes],
+    plan: LoadPlan,
+    meter: _Meter,
+    chained: Payload | None,
 ) -> None:
-    """Keep one call in flight until the window closes or the call budget is spent."""
+    """Keep one call in flight until the window closes or the call budget is spent.
+
+    ``chained`` is this worker's first payload if the plan has a chain.
+    """
     while True:
         started = time.perf_counter_ns()
         if started >= meter.measure_end_ns:
@@ -131,13 +164,20 @@ async def _worker(
         measured = started >= meter.measure_start_ns
         if measured and not meter.claim():
             return
-        request, metadata = plan.payloads[meter.next_payload_index() % len(plan.payloads)]
+        if chained is None:
+            payload = plan.payloads[meter.next_payload_index() % len(plan.payloads)]
+        else:
+            payload = chained
         error: str | None = None
         try:
-            await call(request, metadata=metadata, timeout=plan.call_timeout_seconds)
+            response = await call(
+                payload[0], metadata=payload[1], timeout=plan.call_timeout_seconds
+            )
         except aio.AioRpcError as rpc_error:
             error = rpc_error.code().name
         meter.record(measured, started, time.perf_counter_ns(), error)
+        if plan.chain is not None and error is None:
+            chained = plan.chain.next(payload, response)
 
 
 async def _cpu_at(deadline_ns: int) -> float:
@@ -153,6 +193,11 @@ async def _drive(plan: LoadPlan, connection: Connection) -> LoadResult:
     async with aio.insecure_channel(plan.address) as channel:
         await asyncio.wait_for(channel.channel_ready(), _READY_TIMEOUT_SECONDS)
         call: aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(plan.method)
+        firsts: list[Payload | None] = [None] * plan.concurrency
+        if plan.chain is not None:
+            # One at a time: the setup is not measured and should not stress the server.
+            for index in range(plan.concurrency):
+                firsts[index] = await plan.chain.start(channel)
         connection.send(("ready", None))
         if not await asyncio.to_thread(connection.poll, _START_TIMEOUT_SECONDS):
             raise TimeoutError("no start time from the harness")
@@ -161,7 +206,7 @@ async def _drive(plan: LoadPlan, connection: Connection) -> LoadResult:
         meter = _Meter(plan, warmup_start_ns)
         await _cpu_at(warmup_start_ns)
         cpu_start = asyncio.create_task(_cpu_at(meter.measure_start_ns))
-        workers = [_worker(call, plan, meter) for _ in range(plan.concurrency)]
+        workers = [_worker(call, plan, meter, first) for first in firsts]
         await asyncio.gather(*workers)
         cpu_end = time.process_time()
         return LoadResult(

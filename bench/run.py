@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 
 import grpc
 
-from bench.echo import ECHO_METHOD
+from bench.echo import CONSUMER_ECHO_METHOD, ECHO_METHOD
 from bench.harness import (
     BASELINE,
     HEALTH_CHECK_METHOD,
@@ -34,6 +34,13 @@ from bench.harness import (
 )
 from bench.report import environment, table, to_json
 from bench.servers import ServerStartError
+from bench.sessions import (
+    REFRESH_SESSION,
+    RefreshChain,
+    consumer_metadata,
+    create_guest_session,
+    new_device,
+)
 
 # Set by the harness itself: the SUT listens on 127.0.0.1:0 with a fresh data dir.
 _HARNESS_OWNED_ENV = frozenset({"FANFARE_LISTEN", "FANFARE_DATA_DIR"})
@@ -137,9 +144,65 @@ def auth_cases() -> list[Case]:
     ]
 
 
+CONSUMER_ECHO = "consumer_echo"
+
+
+def _publishable_key(ctx: BenchContext) -> str:
+    """A new test-mode pk of the bench organization, created through the SUT's API."""
+    from fanfare.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+    from fanfare.common.v1 import common_pb2
+
+    request = auth_service_pb2.CreateApiKeyRequest(
+        kind=common_pb2.API_KEY_KIND_PUBLISHABLE, name="bench web"
+    )
+    with grpc.insecure_channel(ctx.sut_address) as channel:
+        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+        response = stub.CreateApiKey(
+            request, metadata=_bearer(ctx.organization()["secret_key"]), timeout=30
+        )
+    secret: str = response.secret
+    return secret
+
+
+def _consumer_echo(ctx: BenchContext) -> CallSpec:
+    """The consumer echo with one guest session's access token, reused on every call.
+
+    The token lives ``FANFARE_ACCESS_TOKEN_TTL_SECONDS`` (15 min by default) from the
+    start of the run: longer runs need a longer TTL (``--sut-env``).
+    """
+    publishable_key = _publishable_key(ctx)
+    device = new_device()
+    session = create_guest_session(ctx.sut_address, publishable_key, device)
+    return CallSpec(
+        CONSUMER_ECHO_METHOD,
+        request=ECHO_PAYLOAD,
+        metadata=consumer_metadata(publishable_key, device, session.access_token),
+    )
+
+
+def consumer_cases() -> list[Case]:
+    """Consumer calls: a pk + consumer token call, and refresh-token rotation."""
+    return [
+        Case(
+            name=CONSUMER_ECHO,
+            target=SUT,
+            build=_consumer_echo,
+            description="the same echo with pk + consumer token + device, warm token cache",
+            reference=BARE_ECHO,
+        ),
+        Case(
+            name="refresh_session",
+            target=SUT,
+            build=lambda ctx: CallSpec(REFRESH_SESSION, chain=RefreshChain(_publishable_key(ctx))),
+            description="RefreshSession, one guest session per worker, newest token each call",
+            reference=BARE_ECHO,
+        ),
+    ]
+
+
 def all_cases() -> list[Case]:
     """Every registered case, references first."""
-    return [*baseline_cases(), *interceptor_cases(), *auth_cases()]
+    return [*baseline_cases(), *interceptor_cases(), *auth_cases(), *consumer_cases()]
 
 
 def select(cases: Sequence[Case], names: str | None) -> list[Case]:

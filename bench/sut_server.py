@@ -1,8 +1,9 @@
-"""The system under test: ``fanfare-grpc serve --no-worker`` plus the bench echo RPC.
+"""The system under test: ``fanfare-grpc serve --no-worker`` plus the bench echo RPCs.
 
-The echo is registered through the same embedding hooks the product offers
-(``extra_handlers`` + a permission entry: secret key, any role), so it passes
-through every interceptor exactly like a product RPC.
+The echoes are registered through the same embedding hooks the product offers
+(``extra_handlers`` + permission entries), so they pass through every interceptor
+exactly like product RPCs: ``Echo`` takes a secret key of any role, ``ConsumerEcho``
+a publishable key with a consumer access token (like ``GetPosition``).
 
 Run: ``python -m bench.sut_server`` (settings from ``FANFARE_*`` variables).
 """
@@ -11,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 
-from bench.echo import ECHO_METHOD, echo_handler
+from bench.echo import CONSUMER_ECHO_METHOD, ECHO_METHOD, echo_handler
 from fanfare_grpc.logs import configure_logging
-from fanfare_grpc.permissions import ANY_ROLE, PERMISSIONS, MethodPolicy
+from fanfare_grpc.permissions import ANY_ROLE, PERMISSIONS, ConsumerToken, MethodPolicy
 from fanfare_grpc.server import serve
 from fanfare_grpc.settings import Settings
 
@@ -22,7 +23,11 @@ def main() -> int:
     """Entry point."""
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    permissions = {**PERMISSIONS, ECHO_METHOD: MethodPolicy(secret_roles=ANY_ROLE)}
+    permissions = {
+        **PERMISSIONS,
+        ECHO_METHOD: MethodPolicy(secret_roles=ANY_ROLE),
+        CONSUMER_ECHO_METHOD: MethodPolicy(publishable=True, consumer_token=ConsumerToken.REQUIRED),
+    }
     asyncio.run(
         serve(settings, run_worker=False, extra_handlers=[echo_handler()], permissions=permissions)
     )
