@@ -22,8 +22,9 @@ from grpc import aio
 from fanfare_grpc.app import LOGGER_NAME
 from fanfare_grpc.domain.organizations import NewOrganization
 from fanfare_grpc.server import RunningServer
+from fanfare_grpc.settings import Settings
 from tests.clock import MutableClock
-from tests.conftest import new_organization
+from tests.conftest import new_organization, start_migrated_server
 from tests.grpc_helpers import bearer
 
 Metadata = tuple[tuple[str, str], ...]
@@ -189,6 +190,24 @@ async def _tenant(server: RunningServer, channel: aio.Channel, name: str) -> Ten
         await _publishable_key(channel, organization.test_admin_key.plaintext),
         await _publishable_key(channel, organization.live_admin_key.plaintext),
     )
+
+
+@contextlib.asynccontextmanager
+async def serving_consumer_world(
+    settings: Settings, *, run_worker: bool = True
+) -> AsyncIterator[ConsumerWorld]:
+    """A migrated server on an injectable clock, with two tenants; stopped afterwards.
+
+    With ``run_worker=False`` the background jobs never run on their own: tests drive
+    them (``application.queue_worker.run_once()``) along with the clock.
+    """
+    clock = MutableClock()
+    server = await start_migrated_server(settings, clock=clock, run_worker=run_worker)
+    try:
+        async with consumer_world(server, clock) as world:
+            yield world
+    finally:
+        await server.shutdown(grace_seconds=1.0)
 
 
 @contextlib.asynccontextmanager

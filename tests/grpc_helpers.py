@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_status import rpc_status
@@ -57,3 +58,11 @@ def bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
         if detail.Unpack(bad_request):
             fields.extend(violation.field for violation in bad_request.field_violations)
     return fields
+
+
+async def expect_status(call: object, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    """Await ``call`` and return the error it must fail with, ``code``."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call  # type: ignore[misc]
+    assert raised.value.code() == code, raised.value.details()
+    return raised.value

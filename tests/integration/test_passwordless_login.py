@@ -26,8 +26,8 @@ from fanfare_grpc.domain.passwordless import CODE_LIFETIME
 from fanfare_grpc.storage.models import ConsumerRow, LoginChallengeRow
 from tests.clock import MutableClock
 from tests.conftest import BackendSettings, start_migrated_server
-from tests.consumers import ConsumerWorld, consumer_metadata, consumer_world
-from tests.grpc_helpers import bad_request_fields, bearer
+from tests.consumers import ConsumerWorld, consumer_metadata, consumer_world, serving_consumer_world
+from tests.grpc_helpers import bad_request_fields, bearer, expect_status
 from tests.smtp_server import RecordingHandler, make_pki, server_tls, smtp_server
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
@@ -35,25 +35,13 @@ UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 
 @pytest.fixture
 async def world(backend: BackendSettings) -> AsyncIterator[ConsumerWorld]:
-    clock = MutableClock()
-    server = await start_migrated_server(backend.settings, clock=clock)
-    try:
-        async with consumer_world(server, clock) as world:
-            yield world
-    finally:
-        await server.shutdown(grace_seconds=1.0)
+    async with serving_consumer_world(backend.settings) as world:
+        yield world
 
 
 def wrong(code: str) -> str:
     """A different 6-digit code."""
     return f"{(int(code) + 1) % 1_000_000:06d}"
-
-
-async def expect_code(call: object, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await call  # type: ignore[misc]
-    assert raised.value.code() == code, raised.value.details()
-    return raised.value
 
 
 async def test_login_creates_the_consumer_once_and_normalizes_the_address(
@@ -101,7 +89,7 @@ async def test_a_code_works_once(world: ConsumerWorld) -> None:
     started = await world.start_login("dave@example.com")
     code = await world.codes.code_for(started.challenge_id)
     await world.verify_login(started.challenge_id, code)
-    await expect_code(world.verify_login(started.challenge_id, code), UNAUTHENTICATED)
+    await expect_status(world.verify_login(started.challenge_id, code), UNAUTHENTICATED)
 
 
 async def test_a_code_expires_after_ten_minutes(world: ConsumerWorld) -> None:
@@ -109,22 +97,22 @@ async def test_a_code_expires_after_ten_minutes(world: ConsumerWorld) -> None:
     code = await world.codes.code_for(started.challenge_id)
     assert started.expires_at.ToDatetime(dt.UTC) - world.clock() <= CODE_LIFETIME
     world.clock.advance(CODE_LIFETIME + dt.timedelta(seconds=1))
-    await expect_code(world.verify_login(started.challenge_id, code), UNAUTHENTICATED)
+    await expect_status(world.verify_login(started.challenge_id, code), UNAUTHENTICATED)
 
 
 async def test_five_wrong_codes_burn_the_challenge(world: ConsumerWorld) -> None:
     started = await world.start_login("frank@example.com")
     code = await world.codes.code_for(started.challenge_id)
     for _ in range(5):
-        await expect_code(world.verify_login(started.challenge_id, wrong(code)), UNAUTHENTICATED)
-    await expect_code(world.verify_login(started.challenge_id, code), UNAUTHENTICATED)
+        await expect_status(world.verify_login(started.challenge_id, wrong(code)), UNAUTHENTICATED)
+    await expect_status(world.verify_login(started.challenge_id, code), UNAUTHENTICATED)
 
 
 async def test_four_wrong_codes_then_the_right_one_logs_in(world: ConsumerWorld) -> None:
     started = await world.start_login("grace@example.com")
     code = await world.codes.code_for(started.challenge_id)
     for _ in range(4):
-        await expect_code(world.verify_login(started.challenge_id, wrong(code)), UNAUTHENTICATED)
+        await expect_status(world.verify_login(started.challenge_id, wrong(code)), UNAUTHENTICATED)
     assert (await world.verify_login(started.challenge_id, code)).access_token
 
 
@@ -134,7 +122,7 @@ async def test_a_code_only_answers_its_own_challenge(world: ConsumerWorld) -> No
     my_code = await world.codes.code_for(mine.challenge_id)
     their_code = await world.codes.code_for(theirs.challenge_id)
     if my_code != their_code:
-        await expect_code(world.verify_login(theirs.challenge_id, my_code), UNAUTHENTICATED)
+        await expect_status(world.verify_login(theirs.challenge_id, my_code), UNAUTHENTICATED)
     assert (await world.verify_login(mine.challenge_id, my_code)).access_token
 
 
@@ -143,14 +131,14 @@ async def test_a_new_challenge_voids_the_previous_code(world: ConsumerWorld) -> 
     first_code = await world.codes.code_for(first.challenge_id)
     second = await world.start_login("judy@example.com")
     second_code = await world.codes.code_for(second.challenge_id)
-    await expect_code(world.verify_login(first.challenge_id, first_code), UNAUTHENTICATED)
+    await expect_status(world.verify_login(first.challenge_id, first_code), UNAUTHENTICATED)
     assert (await world.verify_login(second.challenge_id, second_code)).access_token
 
 
 async def test_the_code_is_bound_to_the_device_that_asked(world: ConsumerWorld) -> None:
     started = await world.start_login("mallory@example.com", device="device-1")
     code = await world.codes.code_for(started.challenge_id)
-    await expect_code(
+    await expect_status(
         world.verify_login(started.challenge_id, code, device="device-2"), UNAUTHENTICATED
     )
     assert (await world.verify_login(started.challenge_id, code, device="device-1")).access_token
@@ -159,10 +147,10 @@ async def test_the_code_is_bound_to_the_device_that_asked(world: ConsumerWorld) 
 async def test_challenges_are_scoped_to_the_organization(world: ConsumerWorld) -> None:
     started = await world.start_login("niaj@example.com")
     code = await world.codes.code_for(started.challenge_id)
-    await expect_code(
+    await expect_status(
         world.verify_login(started.challenge_id, code, tenant=world.globex), UNAUTHENTICATED
     )
-    await expect_code(world.verify_login("chl_" + "A" * 22, code), UNAUTHENTICATED)
+    await expect_status(world.verify_login("chl_" + "A" * 22, code), UNAUTHENTICATED)
     assert (await world.verify_login(started.challenge_id, code)).access_token
 
 
@@ -206,12 +194,12 @@ async def test_wrong_codes_across_challenges_hit_the_per_address_limit(
         started = await world.start_login("olivia@example.com")
         code = await world.codes.code_for(started.challenge_id)
         for _ in range(5):
-            await expect_code(
+            await expect_status(
                 world.verify_login(started.challenge_id, wrong(code)), UNAUTHENTICATED
             )
     started = await world.start_login("olivia@example.com")
     code = await world.codes.code_for(started.challenge_id)
-    error = await expect_code(
+    error = await expect_status(
         world.verify_login(started.challenge_id, code), grpc.StatusCode.RESOURCE_EXHAUSTED
     )
     trailers = dict(error.trailing_metadata() or ())
@@ -221,7 +209,7 @@ async def test_wrong_codes_across_challenges_hit_the_per_address_limit(
 async def test_too_many_codes_for_one_address(world: ConsumerWorld) -> None:
     for _ in range(5):
         await world.start_login("peggy@example.com")
-    await expect_code(world.start_login("peggy@example.com"), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    await expect_status(world.start_login("peggy@example.com"), grpc.StatusCode.RESOURCE_EXHAUSTED)
     # Other addresses are unaffected.
     assert (await world.start_login("trent@example.com")).challenge_id
 
@@ -229,14 +217,14 @@ async def test_too_many_codes_for_one_address(world: ConsumerWorld) -> None:
 async def test_too_many_codes_from_one_client(world: ConsumerWorld) -> None:
     for index in range(30):
         await world.start_login(f"sybil{index}@example.com")
-    await expect_code(
+    await expect_status(
         world.start_login("sybil-last@example.com"), grpc.StatusCode.RESOURCE_EXHAUSTED
     )
 
 
 async def test_bad_requests(world: ConsumerWorld) -> None:
     pk = world.acme.publishable_key
-    error = await expect_code(
+    error = await expect_status(
         world.auth.StartPasswordlessLogin(
             auth.StartPasswordlessLoginRequest(email="not-an-address"),
             metadata=consumer_metadata(pk, device="d"),
@@ -244,7 +232,7 @@ async def test_bad_requests(world: ConsumerWorld) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert "email" in bad_request_fields(error)
-    error = await expect_code(
+    error = await expect_status(
         world.auth.StartPasswordlessLogin(
             auth.StartPasswordlessLoginRequest(email="walter@example.com"),
             metadata=consumer_metadata(pk),
@@ -253,21 +241,21 @@ async def test_bad_requests(world: ConsumerWorld) -> None:
     )
     assert bad_request_fields(error) == ["x-fanfare-device"]
     for challenge_id, code in (("chl_1", "12345"), ("nope", "123456"), ("chl_1", "12345a")):
-        await expect_code(
+        await expect_status(
             world.auth.VerifyPasswordlessLogin(
                 auth.VerifyPasswordlessLoginRequest(challenge_id=challenge_id, code=code),
                 metadata=consumer_metadata(pk, device="d"),
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
-    await expect_code(
+    await expect_status(
         world.auth.StartPasswordlessLogin(
             auth.StartPasswordlessLoginRequest(email="walter@example.com"),
             metadata=bearer(world.acme.secret_key),
         ),
         grpc.StatusCode.PERMISSION_DENIED,
     )
-    await expect_code(
+    await expect_status(
         world.auth.StartPasswordlessLogin(
             auth.StartPasswordlessLoginRequest(email="walter@example.com"),
             metadata=(("x-fanfare-device", "d"),),
@@ -277,7 +265,7 @@ async def test_bad_requests(world: ConsumerWorld) -> None:
 
 
 async def test_live_mode_without_smtp_never_logs_a_code(world: ConsumerWorld) -> None:
-    await expect_code(
+    await expect_status(
         world.auth.StartPasswordlessLogin(
             auth.StartPasswordlessLoginRequest(email="victor@example.com"),
             metadata=consumer_metadata(world.acme.live_publishable_key, device="d"),

@@ -15,30 +15,17 @@ from fanfare.session.v1 import session_service_pb2 as sessions
 from sqlalchemy import select
 
 from fanfare_grpc.storage.models import ConsumerRow
-from tests.clock import MutableClock
-from tests.conftest import BackendSettings, start_migrated_server
-from tests.consumers import ConsumerWorld, consumer_metadata, consumer_world
-from tests.grpc_helpers import bad_request_fields, bearer
+from tests.conftest import BackendSettings
+from tests.consumers import ConsumerWorld, consumer_metadata, serving_consumer_world
+from tests.grpc_helpers import bad_request_fields, bearer, expect_status
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 
 
 @pytest.fixture
 async def world(backend: BackendSettings) -> AsyncIterator[ConsumerWorld]:
-    clock = MutableClock()
-    server = await start_migrated_server(backend.settings, clock=clock)
-    try:
-        async with consumer_world(server, clock) as world:
-            yield world
-    finally:
-        await server.shutdown(grace_seconds=1.0)
-
-
-async def expect_code(call: object, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await call  # type: ignore[misc]
-    assert raised.value.code() == code, raised.value.details()
-    return raised.value
+    async with serving_consumer_world(backend.settings) as world:
+        yield world
 
 
 async def secret_key(world: ConsumerWorld, role: int) -> str:
@@ -67,11 +54,11 @@ async def test_guest_session_is_bound_to_the_device(world: ConsumerWorld) -> Non
     assert guest.session.mode == common_pb2.MODE_TEST
     got = await world.get_session(guest.access_token, device="kiosk")
     assert got.session == guest.session
-    await expect_code(world.get_session(guest.access_token, device="other"), UNAUTHENTICATED)
+    await expect_status(world.get_session(guest.access_token, device="other"), UNAUTHENTICATED)
 
 
 async def test_guest_session_failure_paths(world: ConsumerWorld) -> None:
-    error = await expect_code(
+    error = await expect_status(
         world.sessions.CreateGuestSession(
             sessions.CreateGuestSessionRequest(),
             metadata=consumer_metadata(world.acme.publishable_key),
@@ -79,20 +66,20 @@ async def test_guest_session_failure_paths(world: ConsumerWorld) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert bad_request_fields(error) == ["x-fanfare-device"]
-    await expect_code(
+    await expect_status(
         world.sessions.CreateGuestSession(
             sessions.CreateGuestSessionRequest(),
             metadata=consumer_metadata(world.acme.publishable_key, device="x" * 513),
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    await expect_code(
+    await expect_status(
         world.sessions.CreateGuestSession(
             sessions.CreateGuestSessionRequest(), metadata=bearer(world.acme.secret_key)
         ),
         grpc.StatusCode.PERMISSION_DENIED,
     )
-    await expect_code(
+    await expect_status(
         world.sessions.CreateGuestSession(
             sessions.CreateGuestSessionRequest(), metadata=(("x-fanfare-device", "d"),)
         ),
@@ -101,7 +88,7 @@ async def test_guest_session_failure_paths(world: ConsumerWorld) -> None:
 
 
 async def test_get_session_needs_a_consumer_token(world: ConsumerWorld) -> None:
-    await expect_code(
+    await expect_status(
         world.sessions.GetSession(
             sessions.GetSessionRequest(),
             metadata=consumer_metadata(world.acme.publishable_key, device="device-1"),
@@ -127,9 +114,9 @@ async def test_refresh_rotates_the_pair_and_extends_the_session(world: ConsumerW
 async def test_refresh_failure_paths(world: ConsumerWorld) -> None:
     guest = await world.guest()
     # Another device, another organization, the other mode: refused, token not spent.
-    await expect_code(world.refresh(guest.refresh_token, device="device-2"), UNAUTHENTICATED)
-    await expect_code(world.refresh(guest.refresh_token, tenant=world.globex), UNAUTHENTICATED)
-    await expect_code(
+    await expect_status(world.refresh(guest.refresh_token, device="device-2"), UNAUTHENTICATED)
+    await expect_status(world.refresh(guest.refresh_token, tenant=world.globex), UNAUTHENTICATED)
+    await expect_status(
         world.sessions.RefreshSession(
             sessions.RefreshSessionRequest(refresh_token=guest.refresh_token),
             metadata=consumer_metadata(world.acme.live_publishable_key, device="device-1"),
@@ -138,11 +125,11 @@ async def test_refresh_failure_paths(world: ConsumerWorld) -> None:
     )
     # Right shape, wrong secret; wrong shape; not a token at all.
     forged = guest.refresh_token[:-4] + ("AAAA" if guest.refresh_token[-4:] != "AAAA" else "BBBB")
-    await expect_code(world.refresh(forged), UNAUTHENTICATED)
-    await expect_code(world.refresh("rt_short"), UNAUTHENTICATED)
-    await expect_code(world.refresh("sk_test_nope"), grpc.StatusCode.INVALID_ARGUMENT)
-    await expect_code(world.refresh(""), grpc.StatusCode.INVALID_ARGUMENT)
-    await expect_code(
+    await expect_status(world.refresh(forged), UNAUTHENTICATED)
+    await expect_status(world.refresh("rt_short"), UNAUTHENTICATED)
+    await expect_status(world.refresh("sk_test_nope"), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_status(world.refresh(""), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_status(
         world.sessions.RefreshSession(
             sessions.RefreshSessionRequest(refresh_token=guest.refresh_token),
             metadata=consumer_metadata(world.acme.publishable_key),
@@ -156,7 +143,7 @@ async def test_refresh_failure_paths(world: ConsumerWorld) -> None:
 async def test_refresh_token_expires(world: ConsumerWorld) -> None:
     guest = await world.guest()
     world.clock.advance(dt.timedelta(days=30, seconds=1))
-    await expect_code(world.refresh(guest.refresh_token), UNAUTHENTICATED)
+    await expect_status(world.refresh(guest.refresh_token), UNAUTHENTICATED)
 
 
 async def test_consumer_revokes_own_session(world: ConsumerWorld) -> None:
@@ -164,8 +151,8 @@ async def test_consumer_revokes_own_session(world: ConsumerWorld) -> None:
     revoked = await revoke_as_consumer(world, guest.access_token)
     assert revoked.session.session_id == guest.session.session_id
     assert revoked.session.HasField("revoked_at")
-    await expect_code(world.get_session(guest.access_token), UNAUTHENTICATED)
-    await expect_code(world.refresh(guest.refresh_token), UNAUTHENTICATED)
+    await expect_status(world.get_session(guest.access_token), UNAUTHENTICATED)
+    await expect_status(world.refresh(guest.refresh_token), UNAUTHENTICATED)
 
 
 async def test_consumer_may_revoke_own_other_session_but_not_anothers(
@@ -174,7 +161,7 @@ async def test_consumer_may_revoke_own_other_session_but_not_anothers(
     phone = await world.login("uma@example.com", device="phone")
     laptop = await world.login("uma@example.com", device="laptop")
     stranger = await world.guest(device="stranger")
-    await expect_code(
+    await expect_status(
         revoke_as_consumer(world, stranger.access_token, phone.session.session_id, "stranger"),
         grpc.StatusCode.PERMISSION_DENIED,
     )
@@ -183,7 +170,7 @@ async def test_consumer_may_revoke_own_other_session_but_not_anothers(
         world, laptop.access_token, phone.session.session_id, "laptop"
     )
     assert revoked.session.HasField("revoked_at")
-    await expect_code(world.get_session(phone.access_token, device="phone"), UNAUTHENTICATED)
+    await expect_status(world.get_session(phone.access_token, device="phone"), UNAUTHENTICATED)
     assert (await world.get_session(laptop.access_token, device="laptop")).session.session_id
 
 
@@ -198,7 +185,7 @@ async def test_operator_revokes_any_session_idempotently(world: ConsumerWorld) -
         request, metadata=bearer(operator)
     )
     assert first.session.revoked_at == second.session.revoked_at
-    await expect_code(world.get_session(guest.access_token), UNAUTHENTICATED)
+    await expect_status(world.get_session(guest.access_token), UNAUTHENTICATED)
 
 
 async def test_revoke_session_failure_paths(world: ConsumerWorld) -> None:
@@ -206,28 +193,28 @@ async def test_revoke_session_failure_paths(world: ConsumerWorld) -> None:
     foreign = await world.guest(tenant=world.globex)
     auditor = await secret_key(world, common_pb2.ROLE_AUDITOR)
     admin = world.acme.secret_key
-    await expect_code(
+    await expect_status(
         world.sessions.RevokeSession(
             sessions.RevokeSessionRequest(session_id=guest.session.session_id),
             metadata=bearer(auditor),
         ),
         grpc.StatusCode.PERMISSION_DENIED,
     )
-    await expect_code(
+    await expect_status(
         world.sessions.RevokeSession(sessions.RevokeSessionRequest(), metadata=bearer(admin)),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     for session_id in (foreign.session.session_id, "sess_" + "Z" * 22):
-        await expect_code(
+        await expect_status(
             world.sessions.RevokeSession(
                 sessions.RevokeSessionRequest(session_id=session_id), metadata=bearer(admin)
             ),
             grpc.StatusCode.NOT_FOUND,
         )
-        await expect_code(
+        await expect_status(
             revoke_as_consumer(world, guest.access_token, session_id), grpc.StatusCode.NOT_FOUND
         )
-    await expect_code(
+    await expect_status(
         world.sessions.RevokeSession(
             sessions.RevokeSessionRequest(session_id="sess_bad!"), metadata=bearer(admin)
         ),
@@ -273,27 +260,27 @@ async def test_list_sessions_failure_paths(world: ConsumerWorld) -> None:
     foreign = await world.guest(tenant=world.globex)
     admin = bearer(world.acme.secret_key)
     for consumer_id in (foreign.session.consumer_id, "cons_" + "Q" * 22):
-        await expect_code(
+        await expect_status(
             world.sessions.ListSessions(
                 sessions.ListSessionsRequest(consumer_id=consumer_id), metadata=admin
             ),
             grpc.StatusCode.NOT_FOUND,
         )
     guest = await world.guest()
-    await expect_code(
+    await expect_status(
         world.sessions.ListSessions(
             sessions.ListSessionsRequest(consumer_id=guest.session.consumer_id, page_token="%%"),
             metadata=admin,
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    await expect_code(
+    await expect_status(
         world.sessions.ListSessions(
             sessions.ListSessionsRequest(consumer_id="nope"), metadata=admin
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    await expect_code(
+    await expect_status(
         world.sessions.ListSessions(
             sessions.ListSessionsRequest(consumer_id=guest.session.consumer_id),
             metadata=consumer_metadata(world.acme.publishable_key, guest.access_token, "device-1"),
@@ -301,7 +288,7 @@ async def test_list_sessions_failure_paths(world: ConsumerWorld) -> None:
         grpc.StatusCode.PERMISSION_DENIED,
     )
     readonly = await secret_key(world, common_pb2.ROLE_READONLY)
-    await expect_code(
+    await expect_status(
         world.sessions.ListSessions(
             sessions.ListSessionsRequest(consumer_id=guest.session.consumer_id),
             metadata=bearer(readonly),
@@ -323,8 +310,8 @@ async def test_erasing_a_consumer_shreds_the_email_and_ends_every_session(
     assert erased.consumer_id == consumer_id
     assert erased.sessions_revoked == 2
     for login, device in ((phone, "phone"), (laptop, "laptop")):
-        await expect_code(world.get_session(login.access_token, device=device), UNAUTHENTICATED)
-        await expect_code(world.refresh(login.refresh_token, device=device), UNAUTHENTICATED)
+        await expect_status(world.get_session(login.access_token, device=device), UNAUTHENTICATED)
+        await expect_status(world.refresh(login.refresh_token, device=device), UNAUTHENTICATED)
     async with world.server.application.database.transaction(
         world.acme.organization.organization.organization_id
     ) as db:
@@ -345,21 +332,21 @@ async def test_erase_consumer_failure_paths(world: ConsumerWorld) -> None:
     guest = await world.guest()
     foreign = await world.guest(tenant=world.globex)
     operator = await secret_key(world, common_pb2.ROLE_OPERATOR)
-    await expect_code(
+    await expect_status(
         world.sessions.EraseConsumer(
             sessions.EraseConsumerRequest(consumer_id=guest.session.consumer_id),
             metadata=bearer(operator),
         ),
         grpc.StatusCode.PERMISSION_DENIED,
     )
-    await expect_code(
+    await expect_status(
         world.sessions.EraseConsumer(
             sessions.EraseConsumerRequest(consumer_id=foreign.session.consumer_id),
             metadata=bearer(world.acme.secret_key),
         ),
         grpc.StatusCode.NOT_FOUND,
     )
-    await expect_code(
+    await expect_status(
         world.sessions.EraseConsumer(
             sessions.EraseConsumerRequest(consumer_id="cons_!"),
             metadata=bearer(world.acme.secret_key),
@@ -389,7 +376,7 @@ async def test_validate_session_reports_instead_of_failing(world: ConsumerWorld)
     assert not foreign.valid
     assert foreign.reason == session_pb2.SESSION_VALIDATION_REASON_INVALID
     assert foreign.consumer_id == "" and not foreign.HasField("expires_at")
-    await expect_code(
+    await expect_status(
         world.sessions.ValidateSession(
             sessions.ValidateSessionRequest(access_token=""), metadata=bearer(readonly)
         ),
@@ -408,7 +395,7 @@ async def test_the_signature_is_checked_once_per_token_but_revocation_every_call
     assert verifier.signature_checks == before + 1
     await revoke_as_consumer(world, guest.access_token)
     # Still cached as verified, yet refused on the very next call.
-    await expect_code(world.get_session(guest.access_token), UNAUTHENTICATED)
+    await expect_status(world.get_session(guest.access_token), UNAUTHENTICATED)
 
 
 async def test_a_stale_access_token_does_not_block_the_refresh_that_renews_it(
@@ -416,7 +403,7 @@ async def test_a_stale_access_token_does_not_block_the_refresh_that_renews_it(
 ) -> None:
     guest = await world.guest()
     world.clock.advance(dt.timedelta(minutes=20))
-    await expect_code(world.get_session(guest.access_token), UNAUTHENTICATED)
+    await expect_status(world.get_session(guest.access_token), UNAUTHENTICATED)
     # SDKs send x-fanfare-session on every call; RefreshSession does not act as a
     # consumer, so the expired token is ignored there.
     refreshed: sessions.RefreshSessionResponse = await world.sessions.RefreshSession(

@@ -72,6 +72,9 @@ class Envelope:
         self._store = store
         self._reload_ring = reload_ring
         self._data_keys: dict[tuple[str, int], bytes] = {}
+        # Derived digesters per (organization, purpose): HKDF costs ~7 µs, and the
+        # device digest runs on every consumer call.
+        self._digesters: dict[tuple[str, str], KeyedDigester] = {}
 
     @property
     def ring(self) -> MasterKeyRing:
@@ -155,15 +158,24 @@ class Envelope:
 
     async def device_digester(self, organization_id: str) -> KeyedDigester:
         """Device-fingerprint digests of this organization (stable across master rotations)."""
-        return device_digester(await self._data_key(organization_id, FIRST_DATA_KEY_VERSION))
+        return await self._digester(organization_id, "device", device_digester)
 
     async def email_index_digester(self, organization_id: str) -> KeyedDigester:
         """Blind-index digests of this organization's consumer emails."""
-        return email_index_digester(await self._data_key(organization_id, FIRST_DATA_KEY_VERSION))
+        return await self._digester(organization_id, "email-index", email_index_digester)
 
     async def ip_digester(self, organization_id: str) -> KeyedDigester:
         """Client-IP digests of this organization."""
-        return ip_digester(await self._data_key(organization_id, FIRST_DATA_KEY_VERSION))
+        return await self._digester(organization_id, "ip", ip_digester)
+
+    async def _digester(
+        self, organization_id: str, purpose: str, derive: Callable[[bytes], KeyedDigester]
+    ) -> KeyedDigester:
+        cached = self._digesters.get((organization_id, purpose))
+        if cached is None:
+            cached = derive(await self._data_key(organization_id, FIRST_DATA_KEY_VERSION))
+            self._digesters[(organization_id, purpose)] = cached
+        return cached
 
     def deployment_ip_digester(self) -> KeyedDigester:
         """IP digests before the organization is known (pre-auth rate limits only).
@@ -177,3 +189,5 @@ class Envelope:
         """Drop cached data keys of an organization (after crypto-shredding)."""
         for cache_key in [key for key in self._data_keys if key[0] == organization_id]:
             del self._data_keys[cache_key]
+        for digester_key in [key for key in self._digesters if key[0] == organization_id]:
+            del self._digesters[digester_key]

@@ -107,6 +107,69 @@ def sign_access_token(key: SigningKey, claims: AccessClaims) -> str:
     )
 
 
+def decode_verified(
+    token: str,
+    public_keys: Mapping[str, Ed25519PublicKey],
+    *,
+    token_type: str,
+    issuer: str,
+    audience: str,
+    required: Iterable[str],
+) -> dict[str, Any]:
+    """The payload of a JWS of ``token_type`` signed by one of ``public_keys``.
+
+    ``EdDSA`` only (never the token's own ``alg``), ``typ`` exact, ``kid`` of a fixed
+    shape looked up in ``public_keys``, ``iss``/``aud`` exact, ``required`` claims
+    present. Times are NOT checked: callers compare them with their own clock.
+
+    Raises:
+        InvalidToken: Anything wrong.
+    """
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        raise InvalidToken("malformed") from None
+    if header.get("alg") != ALGORITHM:
+        raise InvalidToken("algorithm")
+    if header.get("typ") != token_type:
+        raise InvalidToken("type")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not _KID_PATTERN.fullmatch(kid):
+        raise InvalidToken("kid")
+    public_key = public_keys.get(kid)
+    if public_key is None:
+        raise InvalidToken("unknown kid")
+    try:
+        payload: dict[str, Any] = jwt.decode(
+            token,
+            public_key,
+            algorithms=[ALGORITHM],
+            audience=audience,
+            issuer=issuer,
+            options={
+                "require": list(required),
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
+        )
+    except jwt.InvalidTokenError as error:
+        raise InvalidToken(type(error).__name__) from None
+    return payload
+
+
+def time_claim(payload: Mapping[str, Any], name: str) -> dt.datetime:
+    """A NumericDate claim as an aware datetime.
+
+    Raises:
+        InvalidToken: Not a number, or out of range.
+    """
+    try:
+        return dt.datetime.fromtimestamp(int(payload[name]), dt.UTC)
+    except (TypeError, ValueError, OverflowError, KeyError):
+        raise InvalidToken("time claims") from None
+
+
 def verify_access_token(
     token: str,
     public_keys: Mapping[str, Ed25519PublicKey],
@@ -120,43 +183,17 @@ def verify_access_token(
     Raises:
         InvalidToken: Anything wrong: shape, header, key, signature, claims, times.
     """
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.InvalidTokenError:
-        raise InvalidToken("malformed") from None
-    if header.get("alg") != ALGORITHM:
-        raise InvalidToken("algorithm")
-    if header.get("typ") != ACCESS_TOKEN_TYPE:
-        raise InvalidToken("type")
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not _KID_PATTERN.fullmatch(kid):
-        raise InvalidToken("kid")
-    public_key = public_keys.get(kid)
-    if public_key is None:
-        raise InvalidToken("unknown kid")
-    try:
-        payload: dict[str, Any] = jwt.decode(
-            token,
-            public_key,
-            algorithms=[ALGORITHM],
-            audience=organization_id,
-            issuer=issuer,
-            # Times are checked below against the service's clock (injectable).
-            options={
-                "require": list(_REQUIRED_CLAIMS),
-                "verify_exp": False,
-                "verify_nbf": False,
-                "verify_iat": False,
-            },
-        )
-    except jwt.InvalidTokenError as error:
-        raise InvalidToken(type(error).__name__) from None
-    try:
-        issued_at = dt.datetime.fromtimestamp(int(payload["iat"]), dt.UTC)
-        not_before = dt.datetime.fromtimestamp(int(payload["nbf"]), dt.UTC)
-        expires_at = dt.datetime.fromtimestamp(int(payload["exp"]), dt.UTC)
-    except (TypeError, ValueError, OverflowError):
-        raise InvalidToken("time claims") from None
+    payload = decode_verified(
+        token,
+        public_keys,
+        token_type=ACCESS_TOKEN_TYPE,
+        issuer=issuer,
+        audience=organization_id,
+        required=_REQUIRED_CLAIMS,
+    )
+    issued_at = time_claim(payload, "iat")
+    not_before = time_claim(payload, "nbf")
+    expires_at = time_claim(payload, "exp")
     if expires_at <= now - LEEWAY:
         raise InvalidToken("expired")
     if not_before > now + LEEWAY or issued_at > now + LEEWAY:

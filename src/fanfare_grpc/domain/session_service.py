@@ -271,10 +271,12 @@ class SessionService:
         now = self._clock()
         if session is None or not session.live_at(now) or record.expires_at <= now:
             raise errors.Unauthenticated(INVALID_REFRESH_TOKEN)
-        if session.device_hash != await self.device_hash(organization_id, fingerprint):
-            raise errors.Unauthenticated(INVALID_REFRESH_TOKEN)
+        same_device = session.device_hash == await self.device_hash(organization_id, fingerprint)
         if record.used_at is not None:
-            await self._reused(record, now)
+            # Reuse is detected whatever the device: a thief's device differs.
+            await self._reused(record, now, same_device=same_device)
+        if not same_device:
+            raise errors.Unauthenticated(INVALID_REFRESH_TOKEN)
         refresh_expires_at = min(
             now + self._lifetimes.refresh, session.created_at + MAX_SESSION_AGE
         )
@@ -288,13 +290,18 @@ class SessionService:
             current = await self._sessions.find_refresh_token(
                 organization_id, mode, parsed.lookup_id
             )
-            await self._reused(current or record, now)
+            await self._reused(current or record, now, same_device=True)
             raise errors.Unauthenticated(INVALID_REFRESH_TOKEN)
         return await self._issue(rotated, refresh_token, refresh_expires_at, now)
 
-    async def _reused(self, record: RefreshTokenRecord, now: dt.datetime) -> None:
+    async def _reused(
+        self, record: RefreshTokenRecord, now: dt.datetime, *, same_device: bool
+    ) -> None:
         """Refuse a spent token; revoke its family unless the holder raced itself."""
-        if record.used_at is not None and now - record.used_at > CONCURRENT_REFRESH_WINDOW:
+        raced_itself = same_device and (
+            record.used_at is None or now - record.used_at <= CONCURRENT_REFRESH_WINDOW
+        )
+        if not raced_itself:
             self._logger.warning(
                 "refresh token reused: session family revoked",
                 extra={
@@ -434,8 +441,10 @@ class SessionService:
         refresh_expires_at: dt.datetime,
         now: dt.datetime,
     ) -> IssuedSession:
-        # An access token never outlives its session.
-        access_expires_at = min(now + self._lifetimes.access, session.expires_at)
+        # An access token never outlives its session; whole seconds, as in its `exp`.
+        access_expires_at = min(now + self._lifetimes.access, session.expires_at).replace(
+            microsecond=0
+        )
         key = await self._signing_keys.signing_key(now)
         access_token = sign_access_token(
             key,

@@ -6,6 +6,7 @@ import datetime as dt
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from fanfare_grpc.domain.access import Mode
 from fanfare_grpc.domain.consumer_sessions import RevokeReason
@@ -24,6 +25,19 @@ def _consumer(row: ConsumerRow) -> Consumer:
         created_at=row.created_at,
         erased_at=row.erased_at,
     )
+
+
+async def _row(
+    session: AsyncSession, organization_id: str, mode: Mode, consumer_id: str
+) -> ConsumerRow | None:
+    row: ConsumerRow | None = await session.scalar(
+        select(ConsumerRow).where(
+            ConsumerRow.org_id == organization_id,
+            ConsumerRow.mode == mode.value,
+            ConsumerRow.consumer_id == consumer_id,
+        )
+    )
+    return row
 
 
 class SqlConsumerStore:
@@ -75,13 +89,7 @@ class SqlConsumerStore:
         self, organization_id: str, mode: Mode, consumer_id: str
     ) -> Consumer | None:
         async with self._database.transaction(organization_id) as session:
-            row = await session.scalar(
-                select(ConsumerRow).where(
-                    ConsumerRow.org_id == organization_id,
-                    ConsumerRow.mode == mode.value,
-                    ConsumerRow.consumer_id == consumer_id,
-                )
-            )
+            row = await _row(session, organization_id, mode, consumer_id)
             return None if row is None else _consumer(row)
 
     async def sealed_email(
@@ -89,13 +97,7 @@ class SqlConsumerStore:
     ) -> SealedEmail | None:
         """The stored email of a consumer (None for guests and erased consumers)."""
         async with self._database.transaction(organization_id) as session:
-            row = await session.scalar(
-                select(ConsumerRow).where(
-                    ConsumerRow.org_id == organization_id,
-                    ConsumerRow.mode == mode.value,
-                    ConsumerRow.consumer_id == consumer_id,
-                )
-            )
+            row = await _row(session, organization_id, mode, consumer_id)
             if row is None or row.wrapped_key is None or row.email_ciphertext is None:
                 return None
             return SealedEmail(row.wrapped_key, row.email_ciphertext, row.email_index or "")
@@ -104,13 +106,7 @@ class SqlConsumerStore:
         self, organization_id: str, mode: Mode, consumer_id: str, now: dt.datetime
     ) -> Erasure | None:
         async with self._database.transaction(organization_id) as session:
-            row = await session.scalar(
-                select(ConsumerRow).where(
-                    ConsumerRow.org_id == organization_id,
-                    ConsumerRow.mode == mode.value,
-                    ConsumerRow.consumer_id == consumer_id,
-                )
-            )
+            row = await _row(session, organization_id, mode, consumer_id)
             if row is None:
                 return None
             if row.email_index is not None:
