@@ -29,7 +29,12 @@ from fanfare_grpc.crypto.envelope import Envelope
 from fanfare_grpc.crypto.master_keys import MasterKeyRing, load_master_key_ring
 from fanfare_grpc.crypto.signing_keys import SigningKeyRing
 from fanfare_grpc.domain.api_key_service import ApiKeyService
+from fanfare_grpc.domain.events import RecordingEventPublisher
 from fanfare_grpc.domain.passwordless import CodeSenders, PasswordlessLogin
+from fanfare_grpc.domain.position_feed import PositionFeed
+from fanfare_grpc.domain.queue_admission import QueueWorker
+from fanfare_grpc.domain.queue_config import QueueConfigService
+from fanfare_grpc.domain.queue_entries import QueueEntries, QueueStateDropper
 from fanfare_grpc.domain.session_service import SessionService, TokenLifetimes
 from fanfare_grpc.login_codes.sender import LogCodeSender
 from fanfare_grpc.login_codes.smtp import SmtpCodeSender, SmtpConfig
@@ -43,6 +48,7 @@ from fanfare_grpc.storage.data_keys import SqlDataKeyStore
 from fanfare_grpc.storage.database import Database
 from fanfare_grpc.storage.login_challenges import SqlChallengeStore
 from fanfare_grpc.storage.organizations import SqlOrganizationStore
+from fanfare_grpc.storage.queues import SqlQueueStore
 from fanfare_grpc.storage.signing_keys import SqlSigningKeyStore
 
 LOGGER_NAME = "fanfare_grpc"
@@ -85,6 +91,11 @@ class Application:
     sessions: SessionService
     consumer_tokens: ConsumerTokenVerifier
     passwordless: PasswordlessLogin
+    events: RecordingEventPublisher
+    queue_config: QueueConfigService
+    queue_entries: QueueEntries
+    position_feed: PositionFeed
+    queue_worker: QueueWorker
 
     @classmethod
     def build(
@@ -151,6 +162,21 @@ class Application:
             if settings.smtp_url
             else None
         )
+        events = RecordingEventPublisher(logger)
+        queue_store = SqlQueueStore(database)
+        queue_config = QueueConfigService(
+            queue_store, QueueStateDropper(cache.queue_states), events, clock=clock, logger=logger
+        )
+        queue_entries = QueueEntries(
+            queue_config,
+            cache.queue_states,
+            signing_keys,
+            events,
+            session_store,
+            issuer=settings.token_issuer,
+            clock=clock,
+            logger=logger,
+        )
         return cls(
             settings=settings,
             logger=logger,
@@ -182,6 +208,13 @@ class Application:
                 cache.counters,
                 clock=clock,
                 logger=logger,
+            ),
+            events=events,
+            queue_config=queue_config,
+            queue_entries=queue_entries,
+            position_feed=PositionFeed(queue_entries, logger),
+            queue_worker=QueueWorker(
+                queue_store, queue_config, queue_entries, cache.values, clock=clock, logger=logger
             ),
         )
 

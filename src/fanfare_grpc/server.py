@@ -68,6 +68,7 @@ class RunningServer:
         await self.server.stop(grace_seconds)
         # Codes already promised to callers still go out (bounded by the SMTP timeout).
         await self.application.passwordless.drain_deliveries()
+        await self.application.position_feed.close()
         for task in self._tasks:
             task.cancel()
         stopped, stuck = await asyncio.wait(self._tasks, timeout=_TASK_STOP_SECONDS)
@@ -167,7 +168,9 @@ async def start_server(
     ]
     if run_worker:
         worker = Worker(
-            background_jobs(), logger, stop_grace_seconds=settings.shutdown_grace_seconds
+            background_jobs(application.queue_worker),
+            logger,
+            stop_grace_seconds=settings.shutdown_grace_seconds,
         )
         tasks.append(asyncio.create_task(worker.run(worker_stop), name="worker"))
     with contextlib.suppress(TimeoutError):
@@ -231,7 +234,7 @@ async def run_worker_process(settings: Settings) -> None:
         application.check_shared_state()
         await application.check_schema()
         worker = Worker(
-            background_jobs(),
+            background_jobs(application.queue_worker),
             application.logger,
             stop_grace_seconds=settings.shutdown_grace_seconds,
         )

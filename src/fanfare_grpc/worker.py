@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,17 @@ class Worker:
                 await asyncio.wait_for(stop.wait(), timeout=job.interval_seconds)
 
 
-def background_jobs() -> list[PeriodicJob]:
-    """The jobs this version runs (none yet: the queue, webhook and audit issues add them)."""
-    return []
+class QueueJobs(Protocol):
+    """The queue worker (schedules, admission, expiry)."""
+
+    async def run_once(self) -> None:
+        """One pass over every live queue."""
+        ...
+
+
+QUEUE_TICK_SECONDS = 1.0
+
+
+def background_jobs(queues: QueueJobs) -> list[PeriodicJob]:
+    """The jobs this version runs (the webhook and audit issues add theirs)."""
+    return [PeriodicJob("queues", QUEUE_TICK_SECONDS, queues.run_once)]

@@ -13,6 +13,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from fanfare_grpc.app import Application
+from fanfare_grpc.domain.access import Mode
 from fanfare_grpc.domain.organizations import NewOrganization, create_organization
 from fanfare_grpc.storage import migrate
 from fanfare_grpc.storage.database import Database
@@ -139,3 +140,48 @@ async def test_the_service_connects_as_a_login_role_subject_to_rls(
         await application.close()
         with psycopg.connect(owner_dsn, autocommit=True) as admin:
             admin.execute(f'DROP ROLE IF EXISTS "{login}"')
+
+
+async def test_every_organization_table_forces_row_level_security(
+    application: Application,
+) -> None:
+    """Catalog check: a new table with ``org_id`` cannot forget its policy."""
+    async with application.database.engine.connect() as connection:
+        tables = (
+            await connection.execute(
+                text(
+                    "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, "
+                    "  (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid) "
+                    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = 'public' AND c.relkind = 'p' "
+                    "  AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid "
+                    "              AND a.attname = 'org_id')"
+                )
+            )
+        ).all()
+    names = {name for name, *_ in tables}
+    assert {"consumers", "consumer_sessions", "refresh_tokens", "login_challenges"} <= names
+    for name, enabled, forced, policies in tables:
+        assert enabled and forced and policies == 1, name
+
+
+async def test_consumer_tables_are_invisible_without_the_organization_scope(
+    application: Application,
+) -> None:
+    acme = await _organization(application, "Acme")
+    organization_id = acme.organization.organization_id
+    await application.sessions.create_guest_session(organization_id, Mode.TEST, "device")
+    await application.passwordless.start(
+        organization_id, Mode.TEST, "rls@example.com", "device", "127.0.0.1"
+    )
+    await application.passwordless.drain_deliveries()
+    tables = ("consumers", "consumer_sessions", "refresh_tokens", "login_challenges")
+    async with application.database.engine.connect() as connection:
+        for table in tables:
+            assert await connection.scalar(text(f"SELECT count(*) FROM {table}")) == 0, table
+    async with application.database.transaction("org_other") as session:
+        for table in tables:
+            assert await session.scalar(text(f"SELECT count(*) FROM {table}")) == 0, table
+    async with application.database.transaction(organization_id) as session:
+        for table in tables:
+            assert await session.scalar(text(f"SELECT count(*) FROM {table}")) == 1, table

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from sortedcontainers import SortedList
 
 from fanfare_grpc.cache.protocols import CounterValue, ScoredMember, Subscription
+from fanfare_grpc.cache.queue_state_memory import MemoryQueueStateStore
 
 Clock = Callable[[], float]
 
@@ -244,6 +245,7 @@ class MemoryCache:
         self._counters = MemoryCounterStore(clock)
         self._values = MemoryKeyValueStore(clock)
         self._pubsub = MemoryPubSub()
+        self._queue_states = MemoryQueueStateStore()
 
     @property
     def sorted_sets(self) -> MemorySortedSetStore:
@@ -260,6 +262,10 @@ class MemoryCache:
     @property
     def pubsub(self) -> MemoryPubSub:
         return self._pubsub
+
+    @property
+    def queue_states(self) -> MemoryQueueStateStore:
+        return self._queue_states
 
     @property
     def shared_between_processes(self) -> bool:

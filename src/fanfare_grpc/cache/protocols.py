@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from fanfare_grpc.domain.queue_state import QueueStateStore
+
 
 @dataclasses.dataclass(frozen=True)
 class ScoredMember:
@@ -150,6 +152,11 @@ class Cache(Protocol):
     @property
     def pubsub(self) -> PubSub:
         """Broadcast between replicas."""
+        ...
+
+    @property
+    def queue_states(self) -> QueueStateStore:
+        """Live queue state: entries, positions, admissions."""
         ...
 
     @property

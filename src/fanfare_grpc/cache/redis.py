@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from fanfare_grpc.cache.protocols import CounterValue, ScoredMember, Subscription
+from fanfare_grpc.cache.queue_state_redis import RedisQueueStateStore
 
 _INCREMENT_IN_WINDOW = """
 local value = redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -177,12 +178,17 @@ class RedisCache:
         self._counters = RedisCounterStore(client, namespace)
         self._values = RedisKeyValueStore(client, namespace)
         self._pubsub = RedisPubSub(client, namespace)
+        self._queue_states = RedisQueueStateStore(client, key_prefix)
 
     @classmethod
     def from_url(cls, url: str, key_prefix: str) -> RedisCache:
         """Connect lazily to ``url``; nothing is sent until the first command."""
-        client = Redis.from_url(
+        # redis-py's default pool raises MaxConnectionsError once 100 commands are in
+        # flight; a burst of calls must wait for a free connection instead.
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=100,
+            timeout=5.0,
             decode_responses=True,
             socket_connect_timeout=2.0,
             socket_timeout=5.0,
@@ -190,7 +196,7 @@ class RedisCache:
             # Notice half-open connections (the invalidation subscription blocks on one).
             socket_keepalive=True,
         )
-        return cls(client, key_prefix)
+        return cls(Redis.from_pool(pool), key_prefix)
 
     @property
     def sorted_sets(self) -> RedisSortedSetStore:
@@ -207,6 +213,10 @@ class RedisCache:
     @property
     def pubsub(self) -> RedisPubSub:
         return self._pubsub
+
+    @property
+    def queue_states(self) -> RedisQueueStateStore:
+        return self._queue_states
 
     @property
     def shared_between_processes(self) -> bool:

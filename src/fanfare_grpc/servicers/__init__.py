@@ -14,6 +14,7 @@ from grpc import aio
 
 from fanfare_grpc.app import Application
 from fanfare_grpc.servicers.auth import AuthServicer
+from fanfare_grpc.servicers.queue import QueueServicer
 from fanfare_grpc.servicers.session import SessionServicer
 
 # Full names of the five product services, from the generated descriptors.
@@ -72,6 +73,9 @@ def register_servicers(server: aio.Server, application: Application) -> tuple[st
         ),
         session_service_pb2_grpc.add_SessionServiceServicer_to_server: SessionServicer(
             application.sessions, application.consumer_tokens
+        ),
+        queue_service_pb2_grpc.add_QueueServiceServicer_to_server: QueueServicer(
+            application.queue_config, application.queue_entries, application.position_feed
         ),
     }
     for add_to_server, servicer in _SERVICERS:

@@ -49,6 +49,11 @@ def mode_to_proto(mode: Mode) -> common_pb2.Mode.ValueType:
     return _MODES[mode]
 
 
+def mode_from_text(value: str) -> Mode:
+    """A stored mode (``test``/``live``)."""
+    return Mode(value)
+
+
 def kind_to_proto(kind: KeyKind) -> common_pb2.ApiKeyKind.ValueType:
     """``API_KEY_KIND_*``."""
     return _KINDS[kind]

@@ -189,3 +189,45 @@ class LoginChallengeRow(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     consumed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
     voided_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+
+
+class QueueRow(Base):
+    """A queue's configuration and status (entries and positions live in the cache)."""
+
+    __tablename__ = "queues"
+    __table_args__ = (
+        ForeignKeyConstraint(["org_id"], ["organizations.org_id"], ondelete="CASCADE"),
+        Index("queues_listing", "org_id", "mode", "created_at", "queue_id"),
+        _PARTITIONED,
+    )
+
+    org_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    queue_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(8))
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    admission_rate_per_minute: Mapped[int] = mapped_column(Integer)
+    handoff_ttl_seconds: Mapped[int] = mapped_column(Integer)
+    max_size: Mapped[int] = mapped_column(Integer)
+    opens_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    closes_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    opened_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class QueueScheduleRow(Base):
+    """What the background worker needs to find queues of every organization: ids,
+    status and times, nothing else. Read before any organization is chosen, so it
+    has no row-level security and holds nothing secret (like ``api_key_lookups``)."""
+
+    __tablename__ = "queue_schedule"
+
+    org_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    queue_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16))
+    opens_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    closes_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())

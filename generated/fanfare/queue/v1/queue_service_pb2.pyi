@@ -910,7 +910,9 @@ class GetQueueStatsResponse(_message.Message):
     waiting: _builtins.int
     """Consumers currently QUEUED (including the pre-queue)."""
     admitted: _builtins.int
-    """Consumers currently ADMITTED (holding an unredeemed, unexpired handoff token)."""
+    """Consumers currently ADMITTED: admitted and not yet completed, denied, left or expired
+    (their handoff token redeemed or not).
+    """
     completed: _builtins.int
     """Consumers COMPLETED so far."""
     admission_rate_per_minute: _builtins.float

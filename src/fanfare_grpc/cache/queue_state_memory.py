@@ -1,0 +1,312 @@
+"""In-process live queue state: the embedded default for a single server process.
+
+Same semantics as ``queue_state_redis`` (the shared contract tests prove it). No
+method awaits anything, so each call runs to completion on the event loop without
+interleaving: one call is one atomic step, as one Lua script is on Redis.
+
+Per queue: a ``SortedList`` of (score, consumer id) for the waiting line (rank by
+bisection, O(log n)), a dict of entries, a dict device → consumer for the devices
+held by active entries, a ``SortedList`` of (handoff_expires_at, consumer id) for
+the admitted entries (+inf once redeemed: such entries never expire, yet are still
+admitted), the queue's counter, the completed count and the recent admission times.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Sequence
+
+from sortedcontainers import SortedList
+
+from fanfare_grpc.domain.queue_state import (
+    EnterOutcome,
+    EnterResult,
+    EntryRecord,
+    EntryStatus,
+    EntryView,
+    QueueCounters,
+    QueueRef,
+    RedeemOutcome,
+    RedeemResult,
+)
+
+# Admission times are kept this long (the Redis backend trims its history likewise),
+# so ``counters`` measures rates over windows of at most an hour.
+ADMISSION_HISTORY_SECONDS = 3600.0
+
+_QUEUED = EntryStatus.QUEUED
+_ADMITTED = EntryStatus.ADMITTED
+_LEFT = EntryStatus.LEFT
+
+
+class _Entry:
+    """The mutable internal form of an ``EntryRecord``: slots keep 1 M entries small.
+
+    ``score`` is the entry's place in the waiting line (meaningful while QUEUED).
+    """
+
+    __slots__ = (
+        "admitted_at",
+        "consumer_id",
+        "device_hash",
+        "ended_at",
+        "entered_at",
+        "handoff_expires_at",
+        "handoff_token_id",
+        "pre_queue",
+        "redeemed_at",
+        "score",
+        "session_id",
+        "status",
+    )
+
+    def __init__(self, entry: EntryRecord, score: float) -> None:
+        # A new entry starts QUEUED whatever the caller filled in.
+        self.consumer_id = entry.consumer_id
+        self.session_id = entry.session_id
+        self.device_hash = entry.device_hash
+        self.status = _QUEUED
+        self.entered_at = float(entry.entered_at)
+        self.pre_queue = bool(entry.pre_queue)
+        self.admitted_at: float | None = None
+        self.handoff_token_id: str | None = None
+        self.handoff_expires_at: float | None = None
+        self.redeemed_at: float | None = None
+        self.ended_at: float | None = None
+        self.score = score
+
+    def record(self) -> EntryRecord:
+        return EntryRecord(
+            consumer_id=self.consumer_id,
+            session_id=self.session_id,
+            device_hash=self.device_hash,
+            status=self.status,
+            entered_at=self.entered_at,
+            pre_queue=self.pre_queue,
+            admitted_at=self.admitted_at,
+            handoff_token_id=self.handoff_token_id,
+            handoff_expires_at=self.handoff_expires_at,
+            redeemed_at=self.redeemed_at,
+            ended_at=self.ended_at,
+        )
+
+    def admitted_key(self) -> tuple[float, str]:
+        """Its key in the admitted list: redeemed tokens sort last and never expire."""
+        expires = math.inf if self.redeemed_at is not None else self.handoff_expires_at
+        assert expires is not None
+        return (expires, self.consumer_id)
+
+
+class _Queue:
+    """Everything one queue holds."""
+
+    __slots__ = ("admissions", "admitted", "devices", "ended", "entries", "sequence", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: SortedList[tuple[float, str]] = SortedList()
+        self.entries: dict[str, _Entry] = {}
+        self.devices: dict[str, str] = {}
+        self.admitted: SortedList[tuple[float, str]] = SortedList()
+        self.sequence = 0
+        self.ended: collections.Counter[EntryStatus] = collections.Counter()
+        self.admissions: SortedList[float] = SortedList()
+
+    def next_number(self) -> int:
+        self.sequence += 1
+        return self.sequence
+
+    def view(self, entry: _Entry) -> EntryView:
+        rank = None
+        if entry.status is _QUEUED:
+            rank = self.waiting.bisect_left((entry.score, entry.consumer_id))
+        return EntryView(entry.record(), rank)
+
+    def finish(self, entry: _Entry, status: EntryStatus, now: float) -> None:
+        """QUEUED or ADMITTED → ``status`` (terminal): out of line, device released."""
+        if entry.status is _QUEUED:
+            self.waiting.remove((entry.score, entry.consumer_id))
+        else:
+            self.admitted.remove(entry.admitted_key())
+        if self.devices.get(entry.device_hash) == entry.consumer_id:
+            del self.devices[entry.device_hash]
+        self.ended[status] += 1
+        entry.status = status
+        entry.ended_at = now
+
+
+def _check_score(score: float) -> float:
+    if not math.isfinite(score):
+        raise ValueError(f"queue scores must be finite, not {score!r}")
+    return float(score)
+
+
+class MemoryQueueStateStore:
+    """``QueueStateStore`` in this process's memory."""
+
+    def __init__(self) -> None:
+        self._queues: dict[QueueRef, _Queue] = {}
+
+    def _queue(self, queue: QueueRef) -> _Queue:
+        state = self._queues.get(queue)
+        if state is None:
+            state = self._queues[queue] = _Queue()
+        return state
+
+    async def enter(
+        self,
+        queue: QueueRef,
+        entry: EntryRecord,
+        *,
+        score: float,
+        max_size: int | None,
+    ) -> EnterResult:
+        score = _check_score(score)
+        state = self._queue(queue)
+        consumer_id = entry.consumer_id
+        existing = state.entries.get(consumer_id)
+        if existing is not None and existing.status is not _LEFT:
+            return EnterResult(EnterOutcome.ALREADY_ENTERED, state.view(existing))
+        holder_id = state.devices.get(entry.device_hash)
+        if holder_id is not None and holder_id != consumer_id:
+            holder = state.entries.get(holder_id)
+            if holder is not None and holder.status in (_QUEUED, _ADMITTED):
+                return EnterResult(EnterOutcome.DEVICE_TAKEN)
+        if max_size is not None and len(state.waiting) >= max_size:
+            return EnterResult(EnterOutcome.FULL)
+        # A returning (LEFT) consumer goes to the back: re-entering must never be a
+        # way to draw a new random pre-queue position.
+        if existing is not None or score < 0:
+            score = float(1 + state.next_number())
+        created = _Entry(entry, score)
+        state.entries[consumer_id] = created
+        state.devices[created.device_hash] = consumer_id
+        state.waiting.add((score, consumer_id))
+        return EnterResult(EnterOutcome.ENTERED, state.view(created))
+
+    async def view(self, queue: QueueRef, consumer_id: str) -> EntryView | None:
+        state = self._queues.get(queue)
+        entry = None if state is None else state.entries.get(consumer_id)
+        return None if state is None or entry is None else state.view(entry)
+
+    async def views(self, queue: QueueRef, consumer_ids: Sequence[str]) -> list[EntryView | None]:
+        state = self._queues.get(queue)
+        if state is None:
+            return [None] * len(consumer_ids)
+        views: list[EntryView | None] = []
+        for consumer_id in consumer_ids:
+            entry = state.entries.get(consumer_id)
+            views.append(None if entry is None else state.view(entry))
+        return views
+
+    async def leave(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+        return self._transition(queue, consumer_id, EntryStatus.LEFT, (_QUEUED, _ADMITTED), now)
+
+    async def deny(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+        return self._transition(queue, consumer_id, EntryStatus.DENIED, (_QUEUED, _ADMITTED), now)
+
+    async def complete(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+        return self._transition(queue, consumer_id, EntryStatus.COMPLETED, (_ADMITTED,), now)
+
+    def _transition(
+        self,
+        queue: QueueRef,
+        consumer_id: str,
+        status: EntryStatus,
+        allowed_from: tuple[EntryStatus, ...],
+        now: float,
+    ) -> EntryRecord | None:
+        state = self._queues.get(queue)
+        entry = None if state is None else state.entries.get(consumer_id)
+        if state is None or entry is None:
+            return None
+        if entry.status in allowed_from:
+            state.finish(entry, status, float(now))
+        return entry.record()
+
+    async def admit(
+        self, queue: QueueRef, count: int, now: float, handoff_ttl_seconds: float
+    ) -> list[EntryRecord]:
+        state = self._queues.get(queue)
+        if state is None or count <= 0 or not state.waiting:
+            return []
+        now = float(now)
+        expires_at = now + handoff_ttl_seconds
+        admitted: list[EntryRecord] = []
+        for _ in range(min(count, len(state.waiting))):
+            _, consumer_id = state.waiting.pop(0)
+            entry = state.entries[consumer_id]
+            entry.status = _ADMITTED
+            entry.admitted_at = now
+            entry.handoff_token_id = str(state.next_number())
+            entry.handoff_expires_at = expires_at
+            state.admitted.add(entry.admitted_key())
+            state.admissions.add(now)
+            admitted.append(entry.record())
+        history = state.admissions
+        del history[: history.bisect_right(now - ADMISSION_HISTORY_SECONDS)]
+        return admitted
+
+    async def expire_admissions(self, queue: QueueRef, now: float, limit: int) -> list[EntryRecord]:
+        state = self._queues.get(queue)
+        if state is None or limit <= 0:
+            return []
+        due: list[str] = []
+        for expires_at, consumer_id in state.admitted.islice(0, limit):
+            if expires_at > now:
+                break
+            due.append(consumer_id)
+        expired: list[EntryRecord] = []
+        for consumer_id in due:
+            entry = state.entries[consumer_id]
+            state.finish(entry, EntryStatus.EXPIRED, float(now))
+            expired.append(entry.record())
+        return expired
+
+    async def redeem(
+        self, queue: QueueRef, consumer_id: str, token_id: str, now: float
+    ) -> RedeemResult:
+        state = self._queues.get(queue)
+        entry = None if state is None else state.entries.get(consumer_id)
+        if state is None or entry is None:
+            return RedeemResult(RedeemOutcome.INVALID)
+        status = entry.status
+        if entry.handoff_token_id != token_id or status in (EntryStatus.DENIED, _LEFT):
+            return RedeemResult(RedeemOutcome.INVALID, entry.record())
+        if entry.redeemed_at is not None:
+            return RedeemResult(RedeemOutcome.ALREADY_USED, entry.record())
+        if status is EntryStatus.EXPIRED:
+            return RedeemResult(RedeemOutcome.EXPIRED, entry.record())
+        if status is not _ADMITTED:
+            return RedeemResult(RedeemOutcome.INVALID, entry.record())
+        assert entry.handoff_expires_at is not None
+        if entry.handoff_expires_at <= now:
+            # Left ADMITTED: expire_admissions reports the expiry (and releases the device).
+            return RedeemResult(RedeemOutcome.EXPIRED, entry.record())
+        state.admitted.remove(entry.admitted_key())
+        entry.redeemed_at = float(now)
+        state.admitted.add(entry.admitted_key())
+        return RedeemResult(RedeemOutcome.OK, entry.record())
+
+    async def counters(self, queue: QueueRef, now: float, window_seconds: float) -> QueueCounters:
+        state = self._queues.get(queue)
+        if state is None:
+            return QueueCounters(0, 0, 0, 0, None, 0, 0, 0)
+        history = state.admissions
+        recent = len(history) - history.bisect_right(now - window_seconds)
+        head_entered_at = None
+        if state.waiting:
+            head_entered_at = state.entries[state.waiting[0][1]].entered_at
+        return QueueCounters(
+            waiting=len(state.waiting),
+            admitted=len(state.admitted),
+            completed=state.ended[EntryStatus.COMPLETED],
+            admitted_recently=recent,
+            head_entered_at=head_entered_at,
+            denied=state.ended[EntryStatus.DENIED],
+            left=state.ended[EntryStatus.LEFT],
+            expired=state.ended[EntryStatus.EXPIRED],
+        )
+
+    async def drop(self, queue: QueueRef) -> None:
+        self._queues.pop(queue, None)

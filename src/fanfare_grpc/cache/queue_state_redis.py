@@ -1,0 +1,419 @@
+"""Redis live queue state: shared by every replica of a deployment.
+
+Each call is one round trip: one Lua script (atomic), or one multi-key ``DEL`` for
+``drop``. A queue's keys are ``<prefix>:q:{<org>:<mode>:<queue id>}:<part>``, one
+Redis Cluster slot per queue, and every script receives all of them in ``KEYS``:
+
+- ``waiting``: ZSET consumer → score, QUEUED consumers only (rank = ``ZRANK``);
+- ``entries``: HASH consumer → entry as JSON (see ``_encode_new``);
+- ``devices``: HASH device hash → consumer holding it with a QUEUED/ADMITTED entry;
+- ``admitted``: ZSET consumer → ``handoff_expires_at``, ADMITTED consumers only,
+  ``+inf`` once redeemed (never expires, still counted as admitted);
+- ``seq``: the queue's counter (``1 + n`` scores and handoff token ids);
+- ``counts``: HASH, how many entries ended ``completed``, ``denied``, ``left``, ``expired``;
+- ``admissions``: ZSET token id → admission time, trimmed to the last hour on admit.
+
+Redis Lua gotchas this layout avoids: a Lua number returned to the client is truncated
+to an integer, and ``cjson.encode`` writes numbers with only 14 significant digits
+(a Unix time with microseconds has 16). So every time is a string end to end: in the
+JSON, in ``ARGV`` and in replies, written in Python with ``repr`` (shortest exact form)
+and read with ``float``; Lua only compares them after ``tonumber`` (exact, IEEE double).
+Absent fields are left out of the JSON: ``cjson.decode`` turns ``null`` into a sentinel
+that is not ``nil``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from fanfare_grpc.domain.queue_state import (
+    EnterOutcome,
+    EnterResult,
+    EntryRecord,
+    EntryStatus,
+    EntryView,
+    QueueCounters,
+    QueueRef,
+    RedeemOutcome,
+    RedeemResult,
+)
+
+# Same history as the in-process store: ``counters`` windows of at most an hour.
+ADMISSION_HISTORY_SECONDS = 3600.0
+
+_PARTS = ("waiting", "entries", "devices", "admitted", "seq", "counts", "admissions")
+_ACTIVE = (EntryStatus.QUEUED, EntryStatus.ADMITTED)
+
+# Shared by every script: key names (KEYS in ``_PARTS`` order) and helpers.
+_PRELUDE = """
+local waiting_key, entries_key, devices_key = KEYS[1], KEYS[2], KEYS[3]
+local admitted_key, seq_key, counts_key, admissions_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+
+local function save(consumer, entry)
+  local raw = cjson.encode(entry)
+  redis.call('HSET', entries_key, consumer, raw)
+  return raw
+end
+
+-- QUEUED or ADMITTED -> a terminal status: out of both sets, device released.
+local function finish(consumer, entry, status, now)
+  redis.call('ZREM', waiting_key, consumer)
+  redis.call('ZREM', admitted_key, consumer)
+  if redis.call('HGET', devices_key, entry.device_hash) == consumer then
+    redis.call('HDEL', devices_key, entry.device_hash)
+  end
+  redis.call('HINCRBY', counts_key, status, 1)
+  entry.status = status
+  entry.ended_at = now
+  return save(consumer, entry)
+end
+"""
+
+# ARGV: consumer, entry JSON, device hash, score ('' = next number), max size ('' = none).
+# -> {outcome, entry JSON, rank}
+_ENTER = """
+local consumer, raw, device, score, max_size = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local existing = redis.call('HGET', entries_key, consumer)
+if existing then
+  if cjson.decode(existing).status ~= 'left' then
+    return {'already_entered', existing, redis.call('ZRANK', waiting_key, consumer)}
+  end
+  -- back of the line: leaving and entering again must not redraw a pre-queue position
+  score = ''
+end
+local holder = redis.call('HGET', devices_key, device)
+if holder and holder ~= consumer then
+  local other = redis.call('HGET', entries_key, holder)
+  if other then
+    local status = cjson.decode(other).status
+    if status == 'queued' or status == 'admitted' then
+      return {'device_taken'}
+    end
+  end
+end
+if max_size ~= '' and redis.call('ZCARD', waiting_key) >= tonumber(max_size) then
+  return {'full'}
+end
+if score == '' then
+  score = 1 + redis.call('INCR', seq_key)
+end
+redis.call('ZADD', waiting_key, score, consumer)
+redis.call('HSET', entries_key, consumer, raw)
+redis.call('HSET', devices_key, device, consumer)
+return {'entered', raw, redis.call('ZRANK', waiting_key, consumer)}
+"""
+
+# ARGV: consumer ids. -> {entry JSON or nil, rank or nil} per consumer, flattened.
+_VIEWS = """
+local out = {}
+for i, consumer in ipairs(ARGV) do
+  out[2 * i - 1] = redis.call('HGET', entries_key, consumer)
+  out[2 * i] = redis.call('ZRANK', waiting_key, consumer)
+end
+return out
+"""
+
+# ARGV: consumer, new status, now, statuses it may come from... -> entry JSON or nil
+_TRANSITION = """
+local consumer, target, now = ARGV[1], ARGV[2], ARGV[3]
+local raw = redis.call('HGET', entries_key, consumer)
+if not raw then
+  return false
+end
+local entry = cjson.decode(raw)
+for i = 4, #ARGV do
+  if entry.status == ARGV[i] then
+    return finish(consumer, entry, target, now)
+  end
+end
+return raw
+"""
+
+# ARGV: count, now, handoff_expires_at, history start. -> {consumer, entry JSON, ...}
+_ADMIT = """
+local now, expires_at = ARGV[2], ARGV[3]
+local popped = redis.call('ZPOPMIN', waiting_key, ARGV[1])
+local out = {}
+for i = 1, #popped, 2 do
+  local consumer = popped[i]
+  local entry = cjson.decode(redis.call('HGET', entries_key, consumer))
+  local token_id = tostring(redis.call('INCR', seq_key))
+  entry.status = 'admitted'
+  entry.admitted_at = now
+  entry.handoff_token_id = token_id
+  entry.handoff_expires_at = expires_at
+  redis.call('ZADD', admitted_key, expires_at, consumer)
+  redis.call('ZADD', admissions_key, now, token_id)
+  out[#out + 1] = consumer
+  out[#out + 1] = save(consumer, entry)
+end
+if #out > 0 then
+  redis.call('ZREMRANGEBYSCORE', admissions_key, '-inf', ARGV[4])
+end
+return out
+"""
+
+# ARGV: now, limit. -> {consumer, entry JSON, ...}
+_EXPIRE = """
+local now = ARGV[1]
+local due = redis.call('ZRANGEBYSCORE', admitted_key, '-inf', now, 'LIMIT', 0, ARGV[2])
+local out = {}
+for _, consumer in ipairs(due) do
+  local entry = cjson.decode(redis.call('HGET', entries_key, consumer))
+  out[#out + 1] = consumer
+  out[#out + 1] = finish(consumer, entry, 'expired', now)
+end
+return out
+"""
+
+# ARGV: consumer, token id, now. -> {outcome, entry JSON or nil}
+_REDEEM = """
+local consumer, token_id, now = ARGV[1], ARGV[2], ARGV[3]
+local raw = redis.call('HGET', entries_key, consumer)
+if not raw then
+  return {'invalid', false}
+end
+local entry = cjson.decode(raw)
+local status = entry.status
+if entry.handoff_token_id ~= token_id or status == 'denied' or status == 'left' then
+  return {'invalid', raw}
+end
+if entry.redeemed_at then
+  return {'already_used', raw}
+end
+if status == 'expired' then
+  return {'expired', raw}
+end
+if status ~= 'admitted' then
+  return {'invalid', raw}
+end
+if tonumber(entry.handoff_expires_at) <= tonumber(now) then
+  return {'expired', raw}
+end
+entry.redeemed_at = now
+redis.call('ZADD', admitted_key, '+inf', consumer)
+return {'ok', save(consumer, entry)}
+"""
+
+# ARGV: '(' .. window start. -> {waiting, admitted, completed, recent, head entered_at}
+_COUNTERS = """
+local head = redis.call('ZRANGE', waiting_key, 0, 0)
+local head_entered_at = false
+if head[1] then
+  head_entered_at = cjson.decode(redis.call('HGET', entries_key, head[1])).entered_at
+end
+return {
+  redis.call('ZCARD', waiting_key),
+  redis.call('ZCARD', admitted_key),
+  tonumber(redis.call('HGET', counts_key, 'completed') or '0'),
+  redis.call('ZCOUNT', admissions_key, ARGV[1], '+inf'),
+  head_entered_at,
+  tonumber(redis.call('HGET', counts_key, 'denied') or '0'),
+  tonumber(redis.call('HGET', counts_key, 'left') or '0'),
+  tonumber(redis.call('HGET', counts_key, 'expired') or '0'),
+}
+"""
+
+
+def _number(value: float) -> str:
+    """A float as Redis and Lua parse it back exactly (``repr`` round-trips)."""
+    return repr(float(value))
+
+
+def _text(value: object) -> str:
+    """A reply item as text, whether or not the client decodes responses."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(_text(value))
+
+
+def _encode_new(entry: EntryRecord) -> str:
+    """A new entry's JSON: status QUEUED, no admission fields, times as strings."""
+    document = {
+        "session_id": entry.session_id,
+        "device_hash": entry.device_hash,
+        "status": EntryStatus.QUEUED.value,
+        "entered_at": _number(entry.entered_at),
+        "pre_queue": bool(entry.pre_queue),
+    }
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+
+
+def _decode(consumer_id: object, raw: object) -> EntryRecord:
+    document: dict[str, Any] = json.loads(_text(raw))
+    token_id = document.get("handoff_token_id")
+    return EntryRecord(
+        consumer_id=_text(consumer_id),
+        session_id=document["session_id"],
+        device_hash=document["device_hash"],
+        status=EntryStatus(document["status"]),
+        entered_at=float(document["entered_at"]),
+        pre_queue=bool(document.get("pre_queue", False)),
+        admitted_at=_optional_float(document.get("admitted_at")),
+        handoff_token_id=None if token_id is None else str(token_id),
+        handoff_expires_at=_optional_float(document.get("handoff_expires_at")),
+        redeemed_at=_optional_float(document.get("redeemed_at")),
+        ended_at=_optional_float(document.get("ended_at")),
+    )
+
+
+def _decode_pairs(reply: Any) -> list[EntryRecord]:
+    """``{consumer, entry JSON, consumer, entry JSON, ...}`` → records."""
+    items = cast(list[object], reply)
+    return [_decode(items[i], items[i + 1]) for i in range(0, len(items), 2)]
+
+
+class RedisQueueStateStore:
+    """``QueueStateStore`` on Redis (standalone or Cluster): one round trip per call."""
+
+    def __init__(self, client: Redis, prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+
+        def script(body: str) -> AsyncScript:
+            return client.register_script(_PRELUDE + body)
+
+        self._enter = script(_ENTER)
+        self._views = script(_VIEWS)
+        self._transition = script(_TRANSITION)
+        self._admit = script(_ADMIT)
+        self._expire = script(_EXPIRE)
+        self._redeem = script(_REDEEM)
+        self._counters = script(_COUNTERS)
+
+    def keys(self, queue: QueueRef) -> list[str]:
+        """Every key of the queue (all in the slot of its hash tag), in ``KEYS`` order."""
+        base = f"{self._prefix}:q:{queue.hash_tag}:"
+        return [base + part for part in _PARTS]
+
+    async def enter(
+        self,
+        queue: QueueRef,
+        entry: EntryRecord,
+        *,
+        score: float,
+        max_size: int | None,
+    ) -> EnterResult:
+        if not math.isfinite(score):
+            raise ValueError(f"queue scores must be finite, not {score!r}")
+        reply = await self._enter(
+            keys=self.keys(queue),
+            args=[
+                entry.consumer_id,
+                _encode_new(entry),
+                entry.device_hash,
+                "" if score < 0 else _number(score),
+                "" if max_size is None else str(max_size),
+            ],
+        )
+        outcome = EnterOutcome(_text(reply[0]))
+        if len(reply) < 2:
+            return EnterResult(outcome)
+        rank = None if len(reply) < 3 or reply[2] is None else int(reply[2])
+        return EnterResult(outcome, EntryView(_decode(entry.consumer_id, reply[1]), rank))
+
+    async def view(self, queue: QueueRef, consumer_id: str) -> EntryView | None:
+        return (await self.views(queue, [consumer_id]))[0]
+
+    async def views(self, queue: QueueRef, consumer_ids: Sequence[str]) -> list[EntryView | None]:
+        if not consumer_ids:
+            return []
+        reply = cast(list[Any], await self._views(keys=self.keys(queue), args=list(consumer_ids)))
+        views: list[EntryView | None] = []
+        for index, consumer_id in enumerate(consumer_ids):
+            raw, rank = reply[2 * index], reply[2 * index + 1]
+            if raw is None:
+                views.append(None)
+            else:
+                record = _decode(consumer_id, raw)
+                views.append(EntryView(record, None if rank is None else int(rank)))
+        return views
+
+    async def leave(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+        return await self._move(queue, consumer_id, EntryStatus.LEFT, now, _ACTIVE)
+
+    async def deny(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+        return await self._move(queue, consumer_id, EntryStatus.DENIED, now, _ACTIVE)
+
+    async def complete(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+        return await self._move(
+            queue, consumer_id, EntryStatus.COMPLETED, now, (EntryStatus.ADMITTED,)
+        )
+
+    async def _move(
+        self,
+        queue: QueueRef,
+        consumer_id: str,
+        status: EntryStatus,
+        now: float,
+        allowed_from: tuple[EntryStatus, ...],
+    ) -> EntryRecord | None:
+        raw = await self._transition(
+            keys=self.keys(queue),
+            args=[consumer_id, status.value, _number(now), *(s.value for s in allowed_from)],
+        )
+        return None if raw is None else _decode(consumer_id, raw)
+
+    async def admit(
+        self, queue: QueueRef, count: int, now: float, handoff_ttl_seconds: float
+    ) -> list[EntryRecord]:
+        if count <= 0:
+            return []
+        reply = await self._admit(
+            keys=self.keys(queue),
+            args=[
+                count,
+                _number(now),
+                _number(now + handoff_ttl_seconds),
+                _number(now - ADMISSION_HISTORY_SECONDS),
+            ],
+        )
+        return _decode_pairs(reply)
+
+    async def expire_admissions(self, queue: QueueRef, now: float, limit: int) -> list[EntryRecord]:
+        if limit <= 0:
+            return []
+        reply = await self._expire(keys=self.keys(queue), args=[_number(now), limit])
+        return _decode_pairs(reply)
+
+    async def redeem(
+        self, queue: QueueRef, consumer_id: str, token_id: str, now: float
+    ) -> RedeemResult:
+        outcome, raw = await self._redeem(
+            keys=self.keys(queue), args=[consumer_id, token_id, _number(now)]
+        )
+        entry = None if raw is None else _decode(consumer_id, raw)
+        return RedeemResult(RedeemOutcome(_text(outcome)), entry)
+
+    async def counters(self, queue: QueueRef, now: float, window_seconds: float) -> QueueCounters:
+        (
+            waiting,
+            admitted,
+            completed,
+            recent,
+            head_entered_at,
+            denied,
+            left,
+            expired,
+        ) = await self._counters(keys=self.keys(queue), args=["(" + _number(now - window_seconds)])
+        return QueueCounters(
+            waiting=int(waiting),
+            admitted=int(admitted),
+            completed=int(completed),
+            admitted_recently=int(recent),
+            head_entered_at=_optional_float(head_entered_at),
+            denied=int(denied),
+            left=int(left),
+            expired=int(expired),
+        )
+
+    async def drop(self, queue: QueueRef) -> None:
+        await self._client.delete(*self.keys(queue))

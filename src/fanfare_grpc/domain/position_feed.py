@@ -1,0 +1,180 @@
+"""Live positions for ``WatchPosition``: one poller per watched queue per process.
+
+Every ``interval`` the poller of a queue reads the entries of all its watchers in
+one batched cache call (``QueueStateStore.views``), so thousands of watchers cost
+one round trip per queue per interval, not one each. A watcher is woken when its
+status changes, when its place moved materially (by at least 1 %, or to the
+front), when the queue's status changes, and at least every ``heartbeat``. The
+state is shared through the cache, so an admission made by any replica's worker
+reaches watchers on every replica. A watcher that goes away is dropped at once;
+the last one of a queue stops its poller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from fanfare_grpc.domain.queue_entries import Position, QueueEntries, queue_ref
+from fanfare_grpc.domain.queue_state import EntryStatus, QueueRef
+from fanfare_grpc.domain.queues import QueueStatus
+
+TERMINAL_ENTRY_STATUSES = frozenset(
+    {
+        EntryStatus.ADMITTED,
+        EntryStatus.COMPLETED,
+        EntryStatus.DENIED,
+        EntryStatus.LEFT,
+        EntryStatus.EXPIRED,
+    }
+)
+
+
+def is_final(position: Position) -> bool:
+    """The stream ends after this update (admitted, out of line, or queue closed)."""
+    return position.entry.status in TERMINAL_ENTRY_STATUSES or (
+        position.queue.status is QueueStatus.CLOSED
+    )
+
+
+def _moved_materially(previous: Position, current: Position) -> bool:
+    if previous.position == current.position:
+        return False
+    if current.position <= 10:
+        return True
+    return abs(previous.position - current.position) >= max(1, previous.position // 100)
+
+
+# eq=False: watchers are distinct by identity (they live in sets).
+@dataclasses.dataclass(eq=False)
+class _Watcher:
+    consumer_id: str
+    last_sent: Position
+    sent_at: float
+    updates: asyncio.Queue[Position] = dataclasses.field(
+        default_factory=lambda: asyncio.Queue(maxsize=1)
+    )
+
+    def offer(self, position: Position, now: float) -> None:
+        # Only the newest update matters: replace one the client has not taken yet.
+        if self.updates.full():
+            self.updates.get_nowait()
+        self.updates.put_nowait(position)
+        self.last_sent = position
+        self.sent_at = now
+
+
+class PositionFeed:
+    """Position streams of every queue in this process."""
+
+    def __init__(
+        self,
+        entries: QueueEntries,
+        logger: logging.Logger,
+        *,
+        interval: float = 1.0,
+        heartbeat: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._entries = entries
+        self._logger = logger
+        self._interval = interval
+        self._heartbeat = heartbeat
+        self._monotonic = monotonic
+        self._watchers: dict[QueueRef, set[_Watcher]] = {}
+        self._pollers: dict[QueueRef, asyncio.Task[None]] = {}
+
+    @property
+    def watcher_count(self) -> int:
+        """Open streams in this process."""
+        return sum(len(group) for group in self._watchers.values())
+
+    async def watch(
+        self, organization_id: str, mode: str, queue_id: str, consumer_id: str
+    ) -> AsyncIterator[Position]:
+        """The consumer's position now, then every material change, until final.
+
+        Raises:
+            NotFound: No such queue here, or the consumer never entered it.
+        """
+        first = await self._entries.position(organization_id, mode, queue_id, consumer_id)
+        yield first
+        if is_final(first):
+            return
+        ref = queue_ref(first.queue)
+        watcher = _Watcher(consumer_id, first, self._monotonic())
+        self._watchers.setdefault(ref, set()).add(watcher)
+        if ref not in self._pollers:
+            self._pollers[ref] = asyncio.create_task(
+                self._poll(ref, organization_id, mode, queue_id), name=f"positions {queue_id}"
+            )
+        try:
+            while True:
+                position = await watcher.updates.get()
+                yield position
+                if is_final(position):
+                    return
+        finally:
+            group = self._watchers.get(ref)
+            if group is not None:
+                group.discard(watcher)
+                if not group:
+                    del self._watchers[ref]
+                    poller = self._pollers.pop(ref, None)
+                    if poller is not None:
+                        poller.cancel()
+
+    async def _poll(self, ref: QueueRef, organization_id: str, mode: str, queue_id: str) -> None:
+        while ref in self._watchers:
+            await asyncio.sleep(self._interval)
+            try:
+                await self._refresh(ref, organization_id, mode, queue_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A cache or database hiccup: watchers keep their last position and
+                # the next interval tries again.
+                self._logger.warning(
+                    "position refresh failed", extra={"queue_id": queue_id}, exc_info=True
+                )
+
+    async def _refresh(self, ref: QueueRef, organization_id: str, mode: str, queue_id: str) -> None:
+        watchers = list(self._watchers.get(ref, ()))
+        if not watchers:
+            return
+        queue = await self._entries.queue(organization_id, mode, queue_id)
+        views = await self._entries.state.views(ref, [w.consumer_id for w in watchers])
+        now = self._monotonic()
+        for watcher, view in zip(watchers, views, strict=True):
+            if view is None:
+                continue  # the queue was deleted: nothing to tell
+            previous = watcher.last_sent
+            changed = (
+                view.entry.status is not previous.entry.status
+                or queue.status is not previous.queue.status
+            )
+            if not changed and now - watcher.sent_at < self._heartbeat:
+                if view.rank is None or previous.position == 0:
+                    continue
+                if abs(previous.ahead - view.rank) < 1:
+                    continue
+            position = await self._entries.position_of(queue, view)
+            if (
+                changed
+                or now - watcher.sent_at >= self._heartbeat
+                or _moved_materially(previous, position)
+            ):
+                watcher.offer(position, now)
+
+    async def close(self) -> None:
+        """Stop every poller (shutdown)."""
+        for poller in self._pollers.values():
+            poller.cancel()
+        for poller in list(self._pollers.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        self._pollers.clear()

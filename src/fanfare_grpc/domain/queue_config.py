@@ -1,0 +1,341 @@
+"""Queue configuration and lifecycle rules (CreateQueue … CloseQueue, schedules)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Callable, Collection
+from typing import Protocol
+
+from fanfare_grpc import errors
+from fanfare_grpc.domain import ids
+from fanfare_grpc.domain.events import (
+    QUEUE_CLOSED,
+    QUEUE_OPENED,
+    DomainEvent,
+    EventPublisher,
+)
+from fanfare_grpc.domain.names import normalized_name
+from fanfare_grpc.domain.pagination import ListCursor, decode_cursor, encode_cursor, page_size
+from fanfare_grpc.domain.queues import (
+    CLOSABLE,
+    DEFAULT_HANDOFF_TTL,
+    DELETABLE,
+    OPENABLE,
+    PAUSABLE,
+    QUEUE_PREFIX,
+    Queue,
+    QueueChanges,
+    QueueStatus,
+)
+
+QUEUE_NOT_FOUND = "queue not found"
+Clock = Callable[[], dt.datetime]
+
+
+class QueueStore(Protocol):
+    """Persistence of queue configuration, scoped by organization and mode."""
+
+    async def add(self, queue: Queue) -> None:
+        """Store a new queue."""
+        ...
+
+    async def get(self, organization_id: str, mode: str, queue_id: str) -> Queue | None:
+        """One queue."""
+        ...
+
+    async def list_queues(
+        self,
+        organization_id: str,
+        mode: str,
+        *,
+        status: QueueStatus | None,
+        limit: int,
+        after: ListCursor | None,
+    ) -> list[Queue]:
+        """Queues newest first."""
+        ...
+
+    async def replace(self, queue: Queue, expected: Queue) -> bool:
+        """Store ``queue`` if the stored one is unchanged since ``expected`` was read."""
+        ...
+
+    async def delete(self, queue: Queue, statuses: Collection[QueueStatus]) -> bool:
+        """Delete if the status is one of ``statuses``."""
+        ...
+
+
+class QueueStateCleaner(Protocol):
+    """Drops a deleted queue's live state (entries, positions) from the cache."""
+
+    async def forget_queue(self, queue: Queue) -> None:
+        """Forget everything the cache holds about ``queue``."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class NewQueue:
+    """CreateQueue's fields."""
+
+    name: str
+    admission_rate_per_minute: int
+    opens_at: dt.datetime | None = None
+    closes_at: dt.datetime | None = None
+    handoff_ttl: dt.timedelta | None = None
+    max_size: int = 0
+
+
+def _invalid(field: str, description: str) -> errors.InvalidArgument:
+    return errors.InvalidArgument(f"invalid {field}", (errors.FieldViolation(field, description),))
+
+
+def _check_times(
+    opens_at: dt.datetime | None, closes_at: dt.datetime | None, now: dt.datetime
+) -> None:
+    if opens_at is not None and closes_at is not None and closes_at <= opens_at:
+        raise _invalid("closes_at", "must be after opens_at")
+    if closes_at is not None and closes_at <= now:
+        raise _invalid("closes_at", "must be in the future")
+
+
+class QueueConfigService:
+    """Queue configuration for every organization."""
+
+    def __init__(
+        self,
+        store: QueueStore,
+        cleaner: QueueStateCleaner,
+        events: EventPublisher,
+        *,
+        clock: Clock,
+        logger: logging.Logger,
+    ) -> None:
+        self._store = store
+        self._cleaner = cleaner
+        self._events = events
+        self._clock = clock
+        self._logger = logger
+        self._listeners: list[Callable[[Queue], None]] = []
+
+    def on_change(self, listener: Callable[[Queue], None]) -> None:
+        """Call ``listener`` with every queue this process changes or deletes."""
+        self._listeners.append(listener)
+
+    def _changed(self, queue: Queue) -> None:
+        for listener in self._listeners:
+            listener(queue)
+
+    async def create(self, organization_id: str, mode: str, new: NewQueue) -> Queue:
+        """A DRAFT queue, or SCHEDULED when ``opens_at`` is given (in the future).
+
+        Raises:
+            InvalidArgument: Bad name, a past ``opens_at``/``closes_at``, or closes
+                before it opens.
+        """
+        now = self._clock()
+        if new.opens_at is not None and new.opens_at <= now:
+            raise _invalid("opens_at", "must be in the future (OpenQueue opens now)")
+        _check_times(new.opens_at, new.closes_at, now)
+        queue = Queue(
+            queue_id=ids.new_id(QUEUE_PREFIX),
+            organization_id=organization_id,
+            mode=mode,
+            name=normalized_name(new.name, "queue"),
+            status=QueueStatus.SCHEDULED if new.opens_at else QueueStatus.DRAFT,
+            admission_rate_per_minute=new.admission_rate_per_minute,
+            handoff_ttl=new.handoff_ttl or DEFAULT_HANDOFF_TTL,
+            max_size=new.max_size,
+            created_at=now,
+            updated_at=now,
+            opens_at=new.opens_at,
+            closes_at=new.closes_at,
+        )
+        await self._store.add(queue)
+        return queue
+
+    async def get(self, organization_id: str, mode: str, queue_id: str) -> Queue:
+        """One queue.
+
+        Raises:
+            NotFound: Unknown, or another organization's or mode's.
+        """
+        queue = await self._store.get(organization_id, mode, queue_id)
+        if queue is None:
+            raise errors.NotFound(QUEUE_NOT_FOUND)
+        return queue
+
+    async def list(
+        self,
+        organization_id: str,
+        mode: str,
+        status: QueueStatus | None,
+        requested_page_size: int,
+        page_token: str,
+    ) -> tuple[list[Queue], str]:
+        """One page of queues, newest first, and the next page token ('' on the last)."""
+        size = page_size(requested_page_size)
+        queues = await self._store.list_queues(
+            organization_id,
+            mode,
+            status=status,
+            limit=size + 1,
+            after=decode_cursor(page_token, QUEUE_PREFIX),
+        )
+        page = queues[:size]
+        next_token = ""
+        if len(queues) > size:
+            next_token = encode_cursor(ListCursor(page[-1].created_at, page[-1].queue_id))
+        return page, next_token
+
+    async def update(
+        self, organization_id: str, mode: str, queue_id: str, changes: QueueChanges
+    ) -> Queue:
+        """Apply the masked fields.
+
+        Raises:
+            NotFound: No such queue here.
+            FailedPrecondition: A CLOSED queue, or ``opens_at`` of a queue that opened.
+            InvalidArgument: Times in the past or out of order.
+            Aborted: The queue changed meanwhile (retry).
+        """
+        current = await self.get(organization_id, mode, queue_id)
+        if current.status is QueueStatus.CLOSED:
+            raise errors.FailedPrecondition("a closed queue cannot be changed")
+        now = self._clock()
+        updated = current
+        fields = changes.fields
+        if "opens_at" in fields:
+            if current.status not in (QueueStatus.DRAFT, QueueStatus.SCHEDULED):
+                raise errors.FailedPrecondition("opens_at cannot change once a queue has opened")
+            if changes.opens_at is not None and changes.opens_at <= now:
+                raise _invalid("opens_at", "must be in the future (OpenQueue opens now)")
+            updated = dataclasses.replace(
+                updated,
+                opens_at=changes.opens_at,
+                status=QueueStatus.SCHEDULED if changes.opens_at else QueueStatus.DRAFT,
+            )
+        if "closes_at" in fields:
+            updated = dataclasses.replace(updated, closes_at=changes.closes_at)
+        if "name" in fields:
+            updated = dataclasses.replace(updated, name=normalized_name(changes.name, "queue"))
+        if "admission_rate_per_minute" in fields:
+            updated = dataclasses.replace(
+                updated, admission_rate_per_minute=changes.admission_rate_per_minute
+            )
+        if "handoff_ttl" in fields:
+            updated = dataclasses.replace(
+                updated, handoff_ttl=changes.handoff_ttl or DEFAULT_HANDOFF_TTL
+            )
+        if "max_size" in fields:
+            updated = dataclasses.replace(updated, max_size=changes.max_size)
+        if "closes_at" in fields and changes.closes_at is not None and changes.closes_at <= now:
+            raise _invalid("closes_at", "must be in the future")
+        if (
+            updated.status in (QueueStatus.DRAFT, QueueStatus.SCHEDULED)
+            and updated.opens_at is not None
+            and updated.closes_at is not None
+            and updated.closes_at <= updated.opens_at
+        ):
+            raise _invalid("closes_at", "must be after opens_at")
+        updated = dataclasses.replace(updated, updated_at=max(now, current.updated_at))
+        if updated.updated_at == current.updated_at:
+            updated = dataclasses.replace(
+                updated, updated_at=current.updated_at + dt.timedelta(microseconds=1)
+            )
+        if not await self._store.replace(updated, current):
+            raise errors.Aborted("the queue changed meanwhile; retry")
+        self._changed(updated)
+        return updated
+
+    async def delete(self, organization_id: str, mode: str, queue_id: str) -> None:
+        """Delete a DRAFT or CLOSED queue and its live state.
+
+        Raises:
+            NotFound: No such queue here.
+            FailedPrecondition: SCHEDULED, OPEN or PAUSED.
+        """
+        queue = await self.get(organization_id, mode, queue_id)
+        if queue.status not in DELETABLE or not await self._store.delete(queue, DELETABLE):
+            raise errors.FailedPrecondition("only a DRAFT or CLOSED queue can be deleted")
+        self._changed(queue)
+        await self._cleaner.forget_queue(queue)
+
+    async def open(self, organization_id: str, mode: str, queue_id: str) -> Queue:
+        """Open now (DRAFT, SCHEDULED or PAUSED).
+
+        Raises:
+            NotFound, FailedPrecondition (OPEN or CLOSED), Aborted.
+        """
+        return await self._transition(
+            await self.get(organization_id, mode, queue_id), OPENABLE, QueueStatus.OPEN
+        )
+
+    async def pause(self, organization_id: str, mode: str, queue_id: str) -> Queue:
+        """Pause an OPEN queue (entries kept, admissions stop)."""
+        return await self._transition(
+            await self.get(organization_id, mode, queue_id), PAUSABLE, QueueStatus.PAUSED
+        )
+
+    async def close(self, organization_id: str, mode: str, queue_id: str) -> Queue:
+        """Close for good."""
+        return await self._transition(
+            await self.get(organization_id, mode, queue_id), CLOSABLE, QueueStatus.CLOSED
+        )
+
+    async def apply_schedule(self, organization_id: str, mode: str, queue_id: str) -> None:
+        """Open a SCHEDULED queue whose ``opens_at`` passed; close one whose
+        ``closes_at`` passed. Safe to run on several workers at once: the conditional
+        update lets exactly one of them make (and announce) each transition."""
+        queue = await self._store.get(organization_id, mode, queue_id)
+        if queue is None:
+            return
+        now = self._clock()
+        try:
+            if queue.closes_at is not None and queue.closes_at <= now and queue.status in CLOSABLE:
+                await self._transition(queue, CLOSABLE, QueueStatus.CLOSED)
+            elif (
+                queue.status is QueueStatus.SCHEDULED
+                and queue.opens_at is not None
+                and queue.opens_at <= now
+            ):
+                await self._transition(queue, frozenset({QueueStatus.SCHEDULED}), QueueStatus.OPEN)
+        except (errors.FailedPrecondition, errors.Aborted):
+            pass  # another worker (or an operator) got there first
+
+    async def _transition(
+        self, queue: Queue, allowed: frozenset[QueueStatus], target: QueueStatus
+    ) -> Queue:
+        if queue.status not in allowed:
+            raise errors.FailedPrecondition(
+                f"a {queue.status.value.upper()} queue cannot become {target.value.upper()}"
+            )
+        now = max(self._clock(), queue.updated_at + dt.timedelta(microseconds=1))
+        changed = dataclasses.replace(queue, status=target, updated_at=now)
+        if target is QueueStatus.OPEN and queue.opened_at is None:
+            changed = dataclasses.replace(changed, opened_at=now)
+        if target is QueueStatus.CLOSED:
+            changed = dataclasses.replace(changed, closed_at=now)
+        if not await self._store.replace(changed, queue):
+            raise errors.Aborted("the queue changed meanwhile; retry")
+        self._changed(changed)
+        event_type = {QueueStatus.OPEN: QUEUE_OPENED, QueueStatus.CLOSED: QUEUE_CLOSED}.get(target)
+        if event_type is not None and not (
+            target is QueueStatus.OPEN and queue.status is QueueStatus.PAUSED
+        ):
+            await self._publish(event_type, changed)
+        return changed
+
+    async def _publish(self, event_type: str, queue: Queue) -> None:
+        try:
+            await self._events.publish(
+                DomainEvent(
+                    event_type,
+                    queue.organization_id,
+                    queue.mode,
+                    self._clock(),
+                    {"queue_id": queue.queue_id, "status": queue.status.value},
+                )
+            )
+        except Exception:
+            self._logger.exception("event publication failed", extra={"event": event_type})

@@ -1,0 +1,227 @@
+"""Live queue state (entries, positions, admissions): cache only, never the database.
+
+One ``QueueStateStore`` call is one atomic step (a Lua script on Redis, one critical
+section in process) and, on Redis, one round trip. All of a queue's keys share one
+Redis Cluster hash tag, ``{<org>:<mode>:<queue id>}``. Times are Unix seconds
+(floats) passed in by the caller, so tests drive them with an injectable clock.
+
+Order: pre-queue entrants (before the queue opens) get a uniformly random score in
+[0, 1) drawn by the caller from the OS CSPRNG, which places them in a uniformly
+random order, ahead of everyone who enters after opening; those get ``1 + n`` from
+a per-queue counter (first come, first served). Arrival time before opening
+therefore confers no advantage, and no reshuffle step is needed at opening (their
+positions are not shown until then).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class EntryStatus(enum.StrEnum):
+    """Where a consumer stands in a queue."""
+
+    QUEUED = "queued"
+    ADMITTED = "admitted"
+    COMPLETED = "completed"
+    DENIED = "denied"
+    LEFT = "left"
+    EXPIRED = "expired"
+
+
+ACTIVE_STATUSES = frozenset({EntryStatus.QUEUED, EntryStatus.ADMITTED})
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueRef:
+    """Which queue: organization, mode and queue id (together they name its keys)."""
+
+    organization_id: str
+    mode: str
+    queue_id: str
+
+    @property
+    def hash_tag(self) -> str:
+        """``{org:mode:queue}``: every key of the queue lives in one cluster slot."""
+        return "{" + f"{self.organization_id}:{self.mode}:{self.queue_id}" + "}"
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryRecord:
+    """One consumer's entry in one queue.
+
+    Attributes:
+        consumer_id: The consumer (one entry per consumer per queue).
+        session_id: The session that entered (handoff tokens are bound to it).
+        device_hash: Keyed digest of the device fingerprint (one active entry per device).
+        status: Current status.
+        entered_at: When the entry was made.
+        pre_queue: Entered before the queue opened.
+        admitted_at: When it was admitted (ADMITTED and later).
+        handoff_token_id: ``jti`` of the handoff token issued at admission: unique per
+            admission (from the queue's counter), not secret (the token is signed).
+        handoff_expires_at: When the handoff token expires.
+        redeemed_at: When ``ValidateHandoffToken`` redeemed the token.
+        ended_at: When it reached COMPLETED, DENIED, LEFT or EXPIRED.
+    """
+
+    consumer_id: str
+    session_id: str
+    device_hash: str
+    status: EntryStatus
+    entered_at: float
+    pre_queue: bool = False
+    admitted_at: float | None = None
+    handoff_token_id: str | None = None
+    handoff_expires_at: float | None = None
+    redeemed_at: float | None = None
+    ended_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryView:
+    """An entry with its 0-based rank among waiting consumers (None unless QUEUED)."""
+
+    entry: EntryRecord
+    rank: int | None
+
+
+class EnterOutcome(enum.Enum):
+    """Result of ``enter``."""
+
+    ENTERED = "entered"
+    ALREADY_ENTERED = "already_entered"  # the existing entry is returned
+    DEVICE_TAKEN = "device_taken"  # another consumer holds an active entry on this device
+    FULL = "full"  # max_size consumers are waiting
+
+
+@dataclasses.dataclass(frozen=True)
+class EnterResult:
+    """``enter`` outcome and the consumer's entry (new or existing; None otherwise)."""
+
+    outcome: EnterOutcome
+    view: EntryView | None = None
+
+
+class RedeemOutcome(enum.Enum):
+    """Result of ``redeem``."""
+
+    OK = "ok"
+    ALREADY_USED = "already_used"
+    EXPIRED = "expired"
+    INVALID = "invalid"  # no such entry, another token id, or not admitted (denied, left)
+
+
+@dataclasses.dataclass(frozen=True)
+class RedeemResult:
+    """``redeem`` outcome and the entry as it is afterwards (None if there is none)."""
+
+    outcome: RedeemOutcome
+    entry: EntryRecord | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueCounters:
+    """Numbers for ``GetQueueStats`` and wait estimates.
+
+    Attributes:
+        waiting: Consumers QUEUED.
+        admitted: Consumers ADMITTED now (token unredeemed or redeemed, not completed).
+        completed: Consumers COMPLETED so far.
+        admitted_recently: Admissions within the last ``window_seconds`` (measured rate).
+        head_entered_at: ``entered_at`` of the first waiting consumer (None if none).
+        denied: Entries that ended DENIED so far.
+        left: Entries that ended LEFT so far (a consumer who re-enters counts again).
+        expired: Admissions that expired unredeemed so far.
+    """
+
+    waiting: int
+    admitted: int
+    completed: int
+    admitted_recently: int
+    head_entered_at: float | None
+    denied: int = 0
+    left: int = 0
+    expired: int = 0
+
+
+class QueueStateStore(Protocol):
+    """Atomic operations on one queue's live state."""
+
+    async def enter(
+        self,
+        queue: QueueRef,
+        entry: EntryRecord,
+        *,
+        score: float,
+        max_size: int | None,
+    ) -> EnterResult:
+        """Add ``entry`` (status QUEUED) with ``score``, unless:
+
+        - the consumer already has an entry whose status is not LEFT → ALREADY_ENTERED
+          with that entry (a LEFT consumer may enter again, at the back);
+        - ``entry.device_hash`` belongs to another consumer's QUEUED/ADMITTED entry →
+          DEVICE_TAKEN;
+        - ``max_size`` is set and that many are waiting → FULL.
+
+        ``score`` < 0 means "next in line": the store uses ``1 + n`` from the queue's
+        counter instead (first in, first out after pre-queue entrants, whose scores
+        are in [0, 1)).
+        """
+        ...
+
+    async def view(self, queue: QueueRef, consumer_id: str) -> EntryView | None:
+        """The consumer's entry and rank (O(log n)); None if the consumer never entered."""
+        ...
+
+    async def views(self, queue: QueueRef, consumer_ids: Sequence[str]) -> list[EntryView | None]:
+        """``view`` for many consumers in one round trip (live position streams)."""
+        ...
+
+    async def leave(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+        """QUEUED or ADMITTED → LEFT (position freed, device released, token void).
+        Other statuses are returned unchanged; None if the consumer never entered."""
+        ...
+
+    async def admit(
+        self, queue: QueueRef, count: int, now: float, handoff_ttl_seconds: float
+    ) -> list[EntryRecord]:
+        """Admit up to ``count`` lowest-scored waiting consumers: ADMITTED, with
+        ``admitted_at`` = now, ``handoff_expires_at`` = now + ttl and a fresh
+        ``handoff_token_id``. Returns them in admission order."""
+        ...
+
+    async def expire_admissions(self, queue: QueueRef, now: float, limit: int) -> list[EntryRecord]:
+        """ADMITTED entries whose token expired unredeemed (``handoff_expires_at`` <= now)
+        → EXPIRED (device released); at most ``limit`` per call, oldest first."""
+        ...
+
+    async def redeem(
+        self, queue: QueueRef, consumer_id: str, token_id: str, now: float
+    ) -> RedeemResult:
+        """Redeem the handoff token ``token_id`` once: OK the first time while ADMITTED
+        and unexpired (``redeemed_at`` set); ALREADY_USED after; EXPIRED if past
+        ``handoff_expires_at`` or the entry is EXPIRED; INVALID otherwise. A redeemed
+        entry never expires."""
+        ...
+
+    async def deny(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+        """QUEUED or ADMITTED → DENIED (removed, token void, device released). Others are
+        returned unchanged; None if the consumer never entered."""
+        ...
+
+    async def complete(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+        """ADMITTED → COMPLETED (device released). Others are returned unchanged; None if
+        the consumer never entered."""
+        ...
+
+    async def counters(self, queue: QueueRef, now: float, window_seconds: float) -> QueueCounters:
+        """Current numbers; ``admitted_recently`` counts admissions after now - window."""
+        ...
+
+    async def drop(self, queue: QueueRef) -> None:
+        """Forget everything about the queue (deleted queue)."""
+        ...

@@ -1,0 +1,91 @@
+"""Queue configuration and lifecycle (stored in the database, per organization and mode).
+
+DRAFT → SCHEDULED (has a future ``opens_at``) → OPEN ⇄ PAUSED → CLOSED. OpenQueue
+opens any DRAFT, SCHEDULED or PAUSED queue at once; a SCHEDULED queue opens by
+itself at ``opens_at`` and any queue closes by itself at ``closes_at``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+
+DEFAULT_HANDOFF_TTL = dt.timedelta(minutes=10)
+QUEUE_PREFIX = "q_"
+
+
+class QueueStatus(enum.StrEnum):
+    """Lifecycle state of a queue."""
+
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    OPEN = "open"
+    PAUSED = "paused"
+    CLOSED = "closed"
+
+
+# Which statuses each transition starts from.
+OPENABLE = frozenset({QueueStatus.DRAFT, QueueStatus.SCHEDULED, QueueStatus.PAUSED})
+PAUSABLE = frozenset({QueueStatus.OPEN})
+CLOSABLE = frozenset(
+    {QueueStatus.DRAFT, QueueStatus.SCHEDULED, QueueStatus.OPEN, QueueStatus.PAUSED}
+)
+DELETABLE = frozenset({QueueStatus.DRAFT, QueueStatus.CLOSED})
+# Consumers may enter these (SCHEDULED: into the pre-queue).
+ENTERABLE = frozenset({QueueStatus.SCHEDULED, QueueStatus.OPEN, QueueStatus.PAUSED})
+UPDATABLE_FIELDS = frozenset(
+    {"name", "opens_at", "closes_at", "admission_rate_per_minute", "handoff_ttl", "max_size"}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Queue:
+    """A queue's configuration and status.
+
+    Attributes:
+        max_size: Most consumers waiting at once; 0 means no limit.
+        opened_at: When it first opened (None until then).
+        closed_at: When it closed.
+    """
+
+    queue_id: str
+    organization_id: str
+    mode: str
+    name: str
+    status: QueueStatus
+    admission_rate_per_minute: int
+    handoff_ttl: dt.timedelta
+    max_size: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    opens_at: dt.datetime | None = None
+    closes_at: dt.datetime | None = None
+    opened_at: dt.datetime | None = None
+    closed_at: dt.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueChanges:
+    """Fields an UpdateQueue sets (only those named in its mask)."""
+
+    fields: frozenset[str]
+    name: str = ""
+    opens_at: dt.datetime | None = None
+    closes_at: dt.datetime | None = None
+    admission_rate_per_minute: int = 0
+    handoff_ttl: dt.timedelta | None = None
+    max_size: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduledQueue:
+    """A queue as the background worker sees it across organizations."""
+
+    organization_id: str
+    mode: str
+    queue_id: str
+    status: QueueStatus
+    opens_at: dt.datetime | None
+    closes_at: dt.datetime | None
+    closed_at: dt.datetime | None

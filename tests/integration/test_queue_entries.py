@@ -1,0 +1,372 @@
+"""Entering queues, positions, admission (automatic and manual), handoff tokens, events;
+over real sockets on both backends. The worker is driven by the tests' clock."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from fanfare.queue.v1 import queue_pb2
+from fanfare.queue.v1 import queue_service_pb2 as queues
+from fanfare.session.v1 import session_service_pb2 as sessions
+from google.protobuf import duration_pb2
+
+from fanfare_grpc.domain import events
+from tests.conftest import BackendSettings
+from tests.consumers import serving_consumer_world
+from tests.grpc_helpers import expect_status
+from tests.queues import QueueWorld, timestamp
+
+FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+QUEUED = queue_pb2.ENTRY_STATUS_QUEUED
+ADMITTED = queue_pb2.ENTRY_STATUS_ADMITTED
+
+
+@pytest.fixture
+async def qw(backend: BackendSettings) -> AsyncIterator[QueueWorld]:
+    async with serving_consumer_world(backend.settings, run_worker=False) as world:
+        yield QueueWorld(world)
+
+
+def claims_of(token: str) -> dict[str, object]:
+    payload = token.split(".")[1]
+    decoded: dict[str, object] = json.loads(base64.urlsafe_b64decode(payload + "=" * 4))
+    return decoded
+
+
+async def test_entering_is_first_come_first_served_and_idempotent(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue()
+    shoppers = [await qw.shopper(f"device-{index}") for index in range(3)]
+    for index, shopper in enumerate(shoppers):
+        entry = (await qw.enter(queue_id, shopper)).entry
+        assert (entry.status, entry.position, entry.ahead) == (QUEUED, index + 1, index)
+        assert entry.consumer_id == shopper.consumer_id
+        assert entry.session_id == shopper.session_id
+        assert not entry.pre_queue
+    again = (await qw.enter(queue_id, shoppers[0])).entry
+    assert (again.position, again.entered_at) == (
+        1,
+        (await qw.position(queue_id, shoppers[0])).entry.entered_at,
+    )
+    position = await qw.position(queue_id, shoppers[2])
+    assert (position.entry.position, position.entry.ahead) == (3, 2)
+    assert position.queue_status == queue_pb2.QUEUE_STATUS_OPEN
+    # 60/min configured, nothing measured yet: 3 ahead-or-me → about 3 s.
+    assert position.entry.estimated_wait.seconds == 3
+    entered = qw.world.server.application.events.of_type(events.QUEUE_CONSUMER_ENTERED)
+    assert [event.data["consumer_id"] for event in entered] == [s.consumer_id for s in shoppers]
+
+
+async def test_one_active_entry_per_device(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue()
+    first = await qw.shopper("shared-device")
+    second = await qw.shopper("shared-device")
+    await qw.enter(queue_id, first)
+    await expect_status(qw.enter(queue_id, second), FAILED_PRECONDITION)
+    await qw.stub.LeaveQueue(queues.LeaveQueueRequest(queue_id=queue_id), metadata=first.metadata)
+    assert (await qw.enter(queue_id, second)).entry.position == 1
+
+
+async def test_entering_needs_an_enterable_queue(qw: QueueWorld) -> None:
+    shopper = await qw.shopper("device")
+    draft = (await qw.create()).queue.queue_id
+    await expect_status(qw.enter(draft, shopper), FAILED_PRECONDITION)
+    closed = await qw.open_queue()
+    await qw.stub.CloseQueue(queues.CloseQueueRequest(queue_id=closed), metadata=qw.operator())
+    await expect_status(qw.enter(closed, shopper), FAILED_PRECONDITION)
+    await expect_status(qw.enter("q_" + "N" * 22, shopper), NOT_FOUND)
+    await expect_status(qw.position(draft, shopper), NOT_FOUND)
+
+
+async def test_a_full_queue_answers_resource_exhausted_with_retry_after(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue(max_size=2, admission_rate_per_minute=6)
+    for index in range(2):
+        await qw.enter(queue_id, await qw.shopper(f"device-{index}"))
+    error = await expect_status(
+        qw.enter(queue_id, await qw.shopper("late")), grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    assert int(dict(error.trailing_metadata() or ())["retry-after"]) == 10
+
+
+async def test_queues_are_isolated_by_organization_and_mode(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue()
+    foreign = await qw.shopper("device", tenant=qw.world.globex)
+    await expect_status(qw.enter(queue_id, foreign), NOT_FOUND)
+    await expect_status(qw.position(queue_id, foreign), NOT_FOUND)
+    insider = await qw.shopper("device-2")
+    await qw.enter(queue_id, insider)
+    for call, request in (
+        (
+            qw.stub.DenyConsumer,
+            queues.DenyConsumerRequest(queue_id=queue_id, consumer_id=insider.consumer_id),
+        ),
+        (
+            qw.stub.CompleteConsumer,
+            queues.CompleteConsumerRequest(queue_id=queue_id, consumer_id=insider.consumer_id),
+        ),
+    ):
+        await expect_status(call(request, metadata=qw.operator(qw.world.globex)), NOT_FOUND)  # type: ignore[operator]
+    assert (await qw.position(queue_id, insider)).entry.status == QUEUED
+
+
+async def test_a_consumer_acts_only_on_their_own_entry(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue()
+    alice = await qw.shopper("alice")
+    bob = await qw.shopper("bob")
+    await qw.enter(queue_id, alice)
+    # Bob has no entry: his calls never reach Alice's.
+    await expect_status(qw.position(queue_id, bob), NOT_FOUND)
+    await expect_status(
+        qw.stub.LeaveQueue(queues.LeaveQueueRequest(queue_id=queue_id), metadata=bob.metadata),
+        NOT_FOUND,
+    )
+    assert (await qw.position(queue_id, alice)).entry.status == QUEUED
+    # Operator-only RPCs that name a consumer refuse publishable keys.
+    await expect_status(
+        qw.stub.DenyConsumer(
+            queues.DenyConsumerRequest(queue_id=queue_id, consumer_id=alice.consumer_id),
+            metadata=bob.metadata,
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+
+
+async def test_pre_queue_order_is_random_and_hidden_until_opening(qw: QueueWorld) -> None:
+    now = qw.world.clock()
+    queue_id = (await qw.create(opens_at=timestamp(now + dt.timedelta(minutes=5)))).queue.queue_id
+    early = [await qw.shopper(f"early-{index}") for index in range(8)]
+    for shopper in early:
+        entry = (await qw.enter(queue_id, shopper)).entry
+        assert entry.pre_queue and entry.position == 0
+    qw.world.clock.advance(dt.timedelta(minutes=5, seconds=1))
+    await qw.world.server.application.queue_worker.run_once()
+    late = await qw.shopper("late")
+    assert (await qw.enter(queue_id, late)).entry.position == 9
+    positions = sorted([(await qw.position(queue_id, s)).entry.position for s in early])
+    assert positions == list(range(1, 9))
+
+
+async def test_automatic_admission_follows_the_rate_smoothly(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue(admission_rate_per_minute=30)
+    shoppers = [await qw.shopper(f"device-{index}") for index in range(40)]
+    for shopper in shoppers:
+        await qw.enter(queue_id, shopper)
+    worker = qw.world.server.application.queue_worker
+    admitted_per_tick = []
+    for _ in range(61):
+        before = len(qw.world.server.application.events.of_type(events.QUEUE_CONSUMER_ADMITTED))
+        await worker.run_once()
+        after = len(qw.world.server.application.events.of_type(events.QUEUE_CONSUMER_ADMITTED))
+        admitted_per_tick.append(after - before)
+        qw.world.clock.advance(dt.timedelta(seconds=1))
+    # 30/min over 60 s of ticks: 30 admitted (± 1), never more than one per tick.
+    assert 29 <= sum(admitted_per_tick) <= 31
+    assert max(admitted_per_tick) == 1
+    stats = await qw.stub.GetQueueStats(
+        queues.GetQueueStatsRequest(queue_id=queue_id), metadata=qw.operator()
+    )
+    assert stats.waiting == 40 - sum(admitted_per_tick)
+    assert stats.admitted == sum(admitted_per_tick)
+    # First admitted are the first in line.
+    first = await qw.position(queue_id, shoppers[0])
+    assert first.entry.status == ADMITTED and first.entry.handoff_token
+    # A paused queue admits nobody.
+    await qw.stub.PauseQueue(queues.PauseQueueRequest(queue_id=queue_id), metadata=qw.operator())
+    waiting = stats.waiting
+    for _ in range(10):
+        qw.world.clock.advance(dt.timedelta(seconds=1))
+        await worker.run_once()
+    stats = await qw.stub.GetQueueStats(
+        queues.GetQueueStatsRequest(queue_id=queue_id), metadata=qw.operator()
+    )
+    assert stats.waiting == waiting
+
+
+async def test_handoff_token_redeems_once_and_carries_its_binding(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue(handoff_ttl=duration_pb2.Duration(seconds=120))
+    shopper = await qw.shopper("device")
+    await qw.enter(queue_id, shopper)
+    assert await qw.admit(queue_id, 5) == 1
+    entry = (await qw.position(queue_id, shopper)).entry
+    assert entry.status == ADMITTED
+    token = entry.handoff_token
+    claims = claims_of(token)
+    assert claims["qid"] == queue_id and claims["sub"] == shopper.consumer_id
+    assert claims["sid"] == shopper.session_id and claims["mode"] == "test"
+    assert claims["aud"] == qw.world.acme.organization.organization.organization_id
+    assert int(claims["exp"]) - int(claims["iat"]) == 120  # type: ignore[call-overload]
+    wrong_queue = await qw.validate(token, queue_id="q_" + "W" * 22)
+    assert (wrong_queue.valid, wrong_queue.reason) == (
+        False,
+        queue_pb2.HANDOFF_TOKEN_REASON_WRONG_QUEUE,
+    )
+    first = await qw.validate(token, queue_id=queue_id)
+    assert first.valid and first.reason == queue_pb2.HANDOFF_TOKEN_REASON_OK
+    assert (first.consumer_id, first.queue_id, first.session_id) == (
+        shopper.consumer_id,
+        queue_id,
+        shopper.session_id,
+    )
+    replay = await qw.validate(token)
+    assert (replay.valid, replay.reason) == (False, queue_pb2.HANDOFF_TOKEN_REASON_ALREADY_USED)
+    # Once redeemed, GetPosition no longer hands the token out.
+    assert (await qw.position(queue_id, shopper)).entry.handoff_token == ""
+    redeemed = qw.world.server.application.events.of_type(events.HANDOFF_REDEEMED)
+    assert [event.data["consumer_id"] for event in redeemed] == [shopper.consumer_id]
+
+
+async def test_fifty_concurrent_validations_redeem_once(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue()
+    shopper = await qw.shopper("device")
+    await qw.enter(queue_id, shopper)
+    await qw.admit(queue_id, 1)
+    token = (await qw.position(queue_id, shopper)).entry.handoff_token
+    results = await asyncio.gather(*(qw.validate(token) for _ in range(50)))
+    assert sum(result.valid for result in results) == 1
+    assert {result.reason for result in results if not result.valid} == {
+        queue_pb2.HANDOFF_TOKEN_REASON_ALREADY_USED
+    }
+
+
+async def test_garbage_forged_and_foreign_tokens_are_invalid(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue()
+    shopper = await qw.shopper("device")
+    await qw.enter(queue_id, shopper)
+    await qw.admit(queue_id, 1)
+    token = (await qw.position(queue_id, shopper)).entry.handoff_token
+    header, payload, signature = token.split(".")
+    forged_payload = json.loads(base64.urlsafe_b64decode(payload + "=" * 4))
+    forged_payload["sub"] = "cons_someoneelse"
+    forged = ".".join(
+        (
+            header,
+            base64.urlsafe_b64encode(json.dumps(forged_payload).encode()).decode().rstrip("="),
+            signature,
+        )
+    )
+    guest = await qw.world.guest()
+    for bad in ("garbage", "a.b.c", forged, header + "." + payload + ".", guest.access_token):
+        result = await qw.validate(bad)
+        assert (result.valid, result.reason) == (False, queue_pb2.HANDOFF_TOKEN_REASON_INVALID)
+        assert result.consumer_id == ""
+    foreign = await qw.validate(token, tenant=qw.world.globex)
+    assert foreign.reason == queue_pb2.HANDOFF_TOKEN_REASON_INVALID
+    # None of that spent it.
+    assert (await qw.validate(token)).valid
+
+
+async def test_unredeemed_admissions_expire(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue(handoff_ttl=duration_pb2.Duration(seconds=60))
+    shopper = await qw.shopper("device")
+    await qw.enter(queue_id, shopper)
+    await qw.admit(queue_id, 1)
+    token = (await qw.position(queue_id, shopper)).entry.handoff_token
+    qw.world.clock.advance(dt.timedelta(seconds=61))
+    expired = await qw.validate(token)
+    assert (expired.valid, expired.reason) == (False, queue_pb2.HANDOFF_TOKEN_REASON_EXPIRED)
+    await qw.world.server.application.queue_worker.run_once()
+    entry = (await qw.position(queue_id, shopper)).entry
+    assert entry.status == queue_pb2.ENTRY_STATUS_EXPIRED and entry.handoff_token == ""
+    stats = await qw.stub.GetQueueStats(
+        queues.GetQueueStatsRequest(queue_id=queue_id), metadata=qw.operator()
+    )
+    assert (stats.admitted, stats.expired) == (0, 1)
+    assert qw.world.server.application.events.of_type(events.QUEUE_CONSUMER_EXPIRED)
+
+
+async def test_deny_complete_leave(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue()
+    denied, completed, leaving, waiting = [await qw.shopper(f"d{i}") for i in range(4)]
+    for shopper in (denied, completed, leaving, waiting):
+        await qw.enter(queue_id, shopper)
+    operator = qw.operator()
+    await qw.admit(queue_id, 2)  # denied, completed
+    token = (await qw.position(queue_id, denied)).entry.handoff_token
+    deny = queues.DenyConsumerRequest(
+        queue_id=queue_id, consumer_id=denied.consumer_id, reason="bot"
+    )
+    assert (
+        await qw.stub.DenyConsumer(deny, metadata=operator)
+    ).entry.status == queue_pb2.ENTRY_STATUS_DENIED
+    assert (
+        await qw.stub.DenyConsumer(deny, metadata=operator)
+    ).entry.status == queue_pb2.ENTRY_STATUS_DENIED
+    assert (await qw.validate(token)).reason == queue_pb2.HANDOFF_TOKEN_REASON_INVALID
+    complete = queues.CompleteConsumerRequest(queue_id=queue_id, consumer_id=completed.consumer_id)
+    for _ in range(2):
+        done = await qw.stub.CompleteConsumer(complete, metadata=operator)
+        assert done.entry.status == queue_pb2.ENTRY_STATUS_COMPLETED
+    await expect_status(
+        qw.stub.CompleteConsumer(
+            queues.CompleteConsumerRequest(queue_id=queue_id, consumer_id=waiting.consumer_id),
+            metadata=operator,
+        ),
+        FAILED_PRECONDITION,
+    )
+    await expect_status(
+        qw.stub.DenyConsumer(
+            queues.DenyConsumerRequest(queue_id=queue_id, consumer_id=completed.consumer_id),
+            metadata=operator,
+        ),
+        FAILED_PRECONDITION,
+    )
+    left = await qw.stub.LeaveQueue(
+        queues.LeaveQueueRequest(queue_id=queue_id), metadata=leaving.metadata
+    )
+    assert left.entry.status == queue_pb2.ENTRY_STATUS_LEFT
+    # The leaver's place is freed: the last one moves up.
+    assert (await qw.position(queue_id, waiting)).entry.position == 1
+    await expect_status(
+        qw.stub.DenyConsumer(
+            queues.DenyConsumerRequest(queue_id=queue_id, consumer_id="cons_" + "Z" * 22),
+            metadata=operator,
+        ),
+        NOT_FOUND,
+    )
+    stats = await qw.stub.GetQueueStats(
+        queues.GetQueueStatsRequest(queue_id=queue_id), metadata=operator
+    )
+    assert (stats.waiting, stats.admitted, stats.completed, stats.denied, stats.left) == (
+        1,
+        0,
+        1,
+        1,
+        1,
+    )
+    recorded = qw.world.server.application.events
+    assert len(recorded.of_type(events.QUEUE_CONSUMER_DENIED)) == 1
+    assert len(recorded.of_type(events.QUEUE_CONSUMER_COMPLETED)) == 1
+    assert len(recorded.of_type(events.QUEUE_CONSUMER_LEFT)) == 1
+    assert len(recorded.of_type(events.QUEUE_CONSUMER_ADMITTED)) == 2
+
+
+async def test_admit_consumers_needs_an_open_or_paused_queue(qw: QueueWorld) -> None:
+    draft = (await qw.create()).queue.queue_id
+    await expect_status(qw.admit(draft, 1), FAILED_PRECONDITION)
+    await expect_status(
+        qw.stub.AdmitConsumers(
+            queues.AdmitConsumersRequest(queue_id=draft, count=0), metadata=qw.operator()
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    queue_id = await qw.open_queue()
+    assert await qw.admit(queue_id, 10) == 0
+
+
+async def test_a_handoff_token_of_a_revoked_session_does_not_redeem(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue()
+    shopper = await qw.shopper("device")
+    await qw.enter(queue_id, shopper)
+    await qw.admit(queue_id, 1)
+    token = (await qw.position(queue_id, shopper)).entry.handoff_token
+    await qw.world.sessions.RevokeSession(
+        sessions.RevokeSessionRequest(session_id=shopper.session_id), metadata=qw.operator()
+    )
+    result = await qw.validate(token)
+    assert (result.valid, result.reason) == (False, queue_pb2.HANDOFF_TOKEN_REASON_INVALID)
