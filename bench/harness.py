@@ -7,6 +7,8 @@ see ``bench.baseline_server``). Both servers run in their own processes for the 
 run; the load comes from separate client processes (``bench.load_client``). Each SUT
 case is compared with a reference case (by default the baseline health check)
 measured in the same run, so the ratios do not depend on the machine's speed.
+Measurements that are not closed-loop unary load (streams, bursts, raw Redis) are a
+``CustomMeasurement`` returned by the case's ``build`` (see ``bench.queues``).
 
 Adding a case::
 
@@ -49,9 +51,11 @@ from bench.servers import (
 )
 from bench.stats import CaseResult, RoundSample, summarize, with_ratios
 
-Target = Literal["sut", "baseline"]
+Target = Literal["sut", "baseline", "redis"]
 SUT: Target = "sut"
 BASELINE: Target = "baseline"
+# Raw Redis (no gRPC server): only cases with a ``CustomMeasurement`` target it.
+REDIS: Target = "redis"
 BARE_HEALTH_CHECK = "bare_health_check"
 
 _CLIENT_READY_TIMEOUT_SECONDS = 30.0
@@ -87,6 +91,20 @@ class CallSpec:
         return self.variants or ((self.request, self.metadata),)
 
 
+@dataclasses.dataclass(frozen=True)
+class CustomMeasurement:
+    """A measurement that is not closed-loop unary load (streams, raw Redis, bursts).
+
+    ``run(server, options)`` runs once per round of the case, at its turn in the
+    case order, with the case's target server (``None`` for ``REDIS``). It does its
+    own unmeasured setup, measures, and returns the round as a ``RoundSample``
+    (latencies, errors, window length, server CPU in the window); numbers that fit
+    no column go into ``RoundSample.extras``.
+    """
+
+    run: Callable[[ServerProcess | None, RunOptions], RoundSample]
+
+
 class BenchContext:
     """What case builders may use: addresses, the SUT's CLI and a bench organization."""
 
@@ -95,6 +113,11 @@ class BenchContext:
         self.baseline_address = baseline_address
         self._sut_env = dict(sut_env)
         self._organization: dict[str, Any] | None = None
+
+    @property
+    def sut_env(self) -> Mapping[str, str]:
+        """The SUT's environment (``FANFARE_REDIS_URL``, ``FANFARE_REDIS_PREFIX``, …)."""
+        return self._sut_env
 
     def cli(self, *arguments: str) -> str:
         """Run ``python -m fanfare_grpc ARGS`` against the SUT's data; return stdout."""
@@ -121,8 +144,9 @@ class Case:
 
     Attributes:
         name: Unique name, shown in the table and the JSON.
-        target: ``SUT`` or ``BASELINE``.
-        build: Returns the call to make; runs once, after both servers are ready.
+        target: ``SUT``, ``BASELINE``, or ``REDIS`` (custom measurements only).
+        build: Returns the call to make (or a ``CustomMeasurement``); runs once, after
+            both servers are ready, in the order of the cases.
         reference: Name of the case the ratios divide by (``None``: no ratios, e.g.
             for the baseline itself).
         description: One line for the report.
@@ -133,7 +157,7 @@ class Case:
 
     name: str
     target: Target
-    build: Callable[[BenchContext], CallSpec]
+    build: Callable[[BenchContext], CallSpec | CustomMeasurement]
     reference: str | None = BARE_HEALTH_CHECK
     description: str = ""
     concurrency: int | None = None
@@ -205,7 +229,7 @@ def run_cases(
         work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fanfare-bench-")))
         sut, sut_env = stack.enter_context(running_sut(work_dir, options.sut))
         baseline = stack.enter_context(running_baseline(work_dir))
-        servers = {SUT: sut, BASELINE: baseline}
+        servers: dict[str, ServerProcess] = {SUT: sut, BASELINE: baseline}
         context = BenchContext(sut.address, baseline.address, sut_env)
         specs = {case.name: case.build(context) for case in cases}
         samples: dict[str, list[RoundSample]] = {case.name: [] for case in cases}
@@ -214,8 +238,12 @@ def run_cases(
             for case in ordered:
                 if round_index >= (case.rounds or options.rounds):
                     continue
-                plan = _plan(case, specs[case.name], servers[case.target].address, options)
-                sample = measure(plan, servers[case.target], options)
+                spec = specs[case.name]
+                if isinstance(spec, CustomMeasurement):
+                    sample = spec.run(servers.get(case.target), options)
+                else:
+                    server = servers[case.target]
+                    sample = measure(_plan(case, spec, server.address, options), server, options)
                 samples[case.name].append(sample)
                 if progress is not None:
                     progress(_describe(round_index, options.rounds, case, sample))
@@ -278,16 +306,16 @@ def _split(plan: LoadPlan, processes: int) -> list[LoadPlan]:
 
 def measure(plan: LoadPlan, server: ServerProcess, options: RunOptions) -> RoundSample:
     """Run one measurement: start clients, start their load together, collect results."""
-    with _client_processes(_split(plan, options.client_processes)) as clients:
+    with client_processes(_split(plan, options.client_processes)) as clients:
         for _, connection in clients:
-            _expect(connection, "ready", _CLIENT_READY_TIMEOUT_SECONDS)
+            expect(connection, "ready", _CLIENT_READY_TIMEOUT_SECONDS)
         start_at = time.time() + _START_DELAY_SECONDS
         for _, connection in clients:
             connection.send(start_at)
         time.sleep(max(0.0, start_at + plan.warmup_seconds - time.time()))
         cpu_before, busy_before = server.cpu_seconds(), machine_busy_seconds()
         budget = plan.duration_seconds + plan.call_timeout_seconds + 30.0
-        results = [_expect(connection, "result", budget) for _, connection in clients]
+        results = [expect(connection, "result", budget) for _, connection in clients]
         cpu_after, busy_after = server.cpu_seconds(), machine_busy_seconds()
     return RoundSample.combine(
         plan.concurrency, results, _delta(cpu_before, cpu_after), _delta(busy_before, busy_after)
@@ -300,10 +328,10 @@ def _delta(before: float | None, after: float | None) -> float | None:
 
 
 @contextlib.contextmanager
-def _client_processes(
-    plans: Sequence[LoadPlan],
+def client_processes(
+    plans: Sequence[object], module: str = "bench.load_client"
 ) -> Iterator[list[tuple[subprocess.Popen[bytes], Connection]]]:
-    """Start ``python -m bench.load_client`` per plan; always reap them.
+    """Start ``python -m MODULE FD`` per plan; always reap them.
 
     Each client gets one end of a socket pair as a ``Connection`` (its file
     descriptor number is the argument), and its plan as the first message.
@@ -314,7 +342,7 @@ def _client_processes(
             ours, theirs = socket.socketpair()
             with ours, theirs:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "bench.load_client", str(theirs.fileno())],
+                    [sys.executable, "-m", module, str(theirs.fileno())],
                     cwd=REPO_ROOT,
                     stdin=subprocess.DEVNULL,
                     pass_fds=(theirs.fileno(),),
@@ -337,7 +365,7 @@ def _client_processes(
             connection.close()
 
 
-def _expect(connection: Connection, kind: str, timeout: float) -> Any:
+def expect(connection: Connection, kind: str, timeout: float) -> Any:
     """Receive a ``(kind, payload)`` message from a client; raise on errors and timeouts."""
     if not connection.poll(timeout):
         raise TimeoutError(f"no {kind!r} from a client process within {timeout:.0f} s")
@@ -362,17 +390,21 @@ __all__ = [
     "BARE_HEALTH_CHECK",
     "BASELINE",
     "HEALTH_CHECK_METHOD",
+    "REDIS",
     "SUT",
     "BenchContext",
     "CallChain",
     "CallSpec",
     "Case",
     "CaseResult",
+    "CustomMeasurement",
     "LoadResult",
     "RunOptions",
     "SutOptions",
     "bare_health_check_case",
     "check_cases",
+    "client_processes",
+    "expect",
     "measure",
     "run_cases",
 ]

@@ -46,6 +46,13 @@ def _ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
 
+def _extra(value: float) -> str:
+    """An extra number: no decimals when large, three significant digits when small."""
+    if abs(value) >= 100 or value == int(value):
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
 def _row(result: CaseResult) -> list[str]:
     errors = sum(result.errors.values())
     return [
@@ -102,6 +109,10 @@ def table(results: Sequence[CaseResult]) -> str:
             ratios = ", ".join(f"{value:.2f}" for value in result.round_throughput_ratios)
             note += f" (÷ ref per round: {ratios})"
         notes.append(note)
+    for result in results:
+        if result.extras:
+            shown = ", ".join(f"{key} {_extra(value)}" for key, value in result.extras.items())
+            notes.append(f"{result.name}: {shown}")
     return "\n".join([*lines, "", *notes])
 
 

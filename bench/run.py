@@ -32,6 +32,7 @@ from bench.harness import (
     bare_health_check_case,
     run_cases,
 )
+from bench.queues import GROUPS, queue_cases
 from bench.report import environment, table, to_json
 from bench.servers import ServerStartError
 from bench.sessions import (
@@ -44,6 +45,8 @@ from bench.sessions import (
 
 # Set by the harness itself: the SUT listens on 127.0.0.1:0 with a fresh data dir.
 _HARNESS_OWNED_ENV = frozenset({"FANFARE_LISTEN", "FANFARE_DATA_DIR"})
+# Set by --redis (with a fresh prefix that is cleaned up).
+_REDIS_ENV = frozenset({"FANFARE_REDIS_URL", "FANFARE_REDIS_PREFIX"})
 
 
 BARE_ECHO = "bare_echo"
@@ -200,20 +203,37 @@ def consumer_cases() -> list[Case]:
     ]
 
 
-def all_cases() -> list[Case]:
-    """Every registered case, references first."""
+def default_cases() -> list[Case]:
+    """What ``bench.run`` without ``--cases`` measures (about 40 s, no Redis needed)."""
     return [*baseline_cases(), *interceptor_cases(), *auth_cases(), *consumer_cases()]
 
 
+def all_cases() -> list[Case]:
+    """Every registered case, references first: the defaults, then the queue cases
+    (``bench.queues``: minutes long, need ``--redis``; selected by name or group)."""
+    return [*default_cases(), *queue_cases()]
+
+
 def select(cases: Sequence[Case], names: str | None) -> list[Case]:
-    """The named cases (comma-separated) plus the references they need."""
+    """The named cases or groups (comma-separated) plus the references they need.
+
+    Without names: the default cases (the queue cases only run when named).
+    """
     if not names:
-        return list(cases)
-    wanted = {name.strip() for name in names.split(",") if name.strip()}
+        default = {case.name for case in default_cases()}
+        return [case for case in cases if case.name in default]
+    wanted: set[str] = set()
+    for name in (name.strip() for name in names.split(",")):
+        if name:
+            wanted.update(GROUPS.get(name, (name,)))
     unknown = wanted - {case.name for case in cases}
     if unknown:
         raise SystemExit(f"unknown case(s): {', '.join(sorted(unknown))}")
-    wanted |= {case.reference for case in cases if case.name in wanted and case.reference}
+    while True:  # references of references (get_position_1m → _1k → bare_echo)
+        needed = {case.reference for case in cases if case.name in wanted and case.reference}
+        if needed <= wanted:
+            break
+        wanted |= needed
     return [case for case in cases if case.name in wanted]
 
 
@@ -266,7 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.client_processes,
         help="load generator processes (default %(default)s)",
     )
-    parser.add_argument("--cases", help="comma-separated case names (default: all)")
+    parser.add_argument(
+        "--cases",
+        help="comma-separated case names or groups "
+        f"({', '.join(GROUPS)}); default: all but the queue cases",
+    )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--json-out", type=Path, metavar="FILE", help="also write the JSON here")
@@ -278,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="run the SUT from this checkout's src/ and generated/ (e.g. a `git archive` "
         "export of a commit) instead of the installed package",
+    )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="run the SUT on this Redis (e.g. redis://127.0.0.1:6379/0) under a fresh key "
+        "prefix, deleted after the run; the queue cases need it",
     )
     parser.add_argument(
         "--sut-env",
@@ -296,6 +326,8 @@ def options_from(arguments: argparse.Namespace) -> RunOptions:
         raise SystemExit("--duration must be > 0, --warmup >= 0, --rounds >= 1")
     if arguments.concurrency < 1 or arguments.clients < 1 or arguments.max_calls < 1:
         raise SystemExit("--concurrency, --clients and --max-calls must be >= 1")
+    if arguments.redis and _REDIS_ENV & {key for key, _ in arguments.sut_env}:
+        raise SystemExit("--redis sets FANFARE_REDIS_URL and FANFARE_REDIS_PREFIX itself")
     if arguments.sut_tree and not (arguments.sut_tree / "src" / "fanfare_grpc").is_dir():
         raise SystemExit(f"--sut-tree {arguments.sut_tree}: no src/fanfare_grpc there")
     return RunOptions(
@@ -309,6 +341,7 @@ def options_from(arguments: argparse.Namespace) -> RunOptions:
             log_level=arguments.log_level,
             extra_env=dict(arguments.sut_env),
             source_tree=arguments.sut_tree,
+            redis_url=arguments.redis,
         ),
     )
 
@@ -328,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = select(all_cases(), arguments.cases)
     if arguments.list:
         for case in cases:
-            print(f"{case.name:24} {case.target:8} {case.description}")
+            print(f"{case.name:26} {case.target:8} {case.description}")
         return 0
     options = options_from(arguments)
     # SIGTERM unwinds like Ctrl-C, so the servers and clients are still stopped.

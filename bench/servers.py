@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -107,12 +109,11 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time of the server process (all threads), if known."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        # After "pid (comm)": state is field 0, utime 11 and stime 12 (proc(5) 14 and 15).
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.process.pid)
+
+    def rss_bytes(self) -> int | None:
+        """Resident memory of the server process (``VmRSS``), if known."""
+        return process_rss_bytes(self.process.pid)
 
     def stop(self, grace_seconds: float = 10.0) -> int:
         """SIGTERM, wait up to ``grace_seconds``, then SIGKILL; return the exit code."""
@@ -126,6 +127,27 @@ class ServerProcess:
 
     def _failure(self, reason: str) -> str:
         return f"{self.name} {reason}; last log lines:\n{self.log_tail()}"
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (all threads), if known (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After "pid (comm)": state is field 0, utime 11 and stime 12 (proc(5) 14 and 15).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_rss_bytes(pid: int) -> int | None:
+    """``VmRSS`` of a process from ``/proc/PID/status``, if known (Linux)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024  # "VmRSS:   123456 kB"
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def machine_busy_seconds() -> float | None:
@@ -207,12 +229,17 @@ class SutOptions:
         source_tree: Run the SUT from this checkout (its ``src`` and ``generated``
             go first on ``PYTHONPATH``) instead of the installed package, e.g. an
             export of another commit; ``None`` uses the venv's (editable) install.
+        redis_url: Redis for the SUT's cache: the harness sets ``FANFARE_REDIS_URL``
+            and a fresh ``FANFARE_REDIS_PREFIX`` (``fanfare-bench-<random>``), and
+            deletes every key under that prefix once the SUT has stopped, so a shared
+            Redis can be used.
     """
 
     log_level: str = "warning"
     extra_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     startup_timeout: float = 60.0
     source_tree: Path | None = None
+    redis_url: str | None = None
 
 
 def sut_env(data_dir: Path, options: SutOptions) -> dict[str, str]:
@@ -273,14 +300,36 @@ def running_sut(
     data_dir = work_dir / "sut-data"
     data_dir.mkdir()
     env = sut_env(data_dir, options)
-    run_cli(["migrate"], env, timeout=options.startup_timeout)
-    argv = [sys.executable, "-m", "bench.sut_server"]
-    server = ServerProcess.start("SUT", argv, env, work_dir / "sut.log")
-    try:
+    with contextlib.ExitStack() as stack:
+        if options.redis_url is not None:
+            prefix = f"fanfare-bench-{secrets.token_hex(6)}"
+            env.update({"FANFARE_REDIS_URL": options.redis_url, "FANFARE_REDIS_PREFIX": prefix})
+            # Registered first, so it runs after the server has stopped.
+            stack.callback(delete_redis_prefix, options.redis_url, prefix)
+        run_cli(["migrate"], env, timeout=options.startup_timeout)
+        argv = [sys.executable, "-m", "bench.sut_server"]
+        server = ServerProcess.start("SUT", argv, env, work_dir / "sut.log")
+        stack.callback(server.stop)
         server.wait_ready(options.startup_timeout)
         yield server, env
+
+
+def delete_redis_prefix(url: str, prefix: str) -> int:
+    """Delete every key under ``prefix:`` (SCAN + UNLINK); return how many."""
+    client = redis.Redis.from_url(url)
+    deleted = 0
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += int(client.unlink(*batch))
+                batch.clear()
+        if batch:
+            deleted += int(client.unlink(*batch))
     finally:
-        server.stop()
+        client.close()
+    return deleted
 
 
 @contextlib.contextmanager

@@ -24,6 +24,8 @@ class RoundSample:
         server_cpu_seconds: CPU the server process used in the window, if known.
         client_cpu_seconds: CPU the client processes used in the window, summed.
         machine_busy_seconds: CPU the whole machine used in the window, if known.
+        extras: Numbers of custom measurements that fit no column, by name with
+            the unit in it (e.g. ``server_rss_mb``).
     """
 
     concurrency: int
@@ -33,6 +35,7 @@ class RoundSample:
     server_cpu_seconds: float | None
     client_cpu_seconds: float
     machine_busy_seconds: float | None = None
+    extras: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def combine(
@@ -71,6 +74,7 @@ class CaseResult:
     ``server_cores``, ``client_cores`` and ``other_cores`` are average CPU cores used
     during the windows by the server, the load generators, and everything else on the
     machine (other work competing for the CPUs: high values make throughput noisy).
+    ``extras`` are the rounds' extras, averaged over the rounds that have them.
 
     Ratios are this case divided by its reference: ``throughput_ratio`` 0.8 means 80 %
     of the reference's calls/s; ``p50_ratio`` and ``server_cpu_ratio`` above 1 mean
@@ -101,6 +105,7 @@ class CaseResult:
     p50_ratio: float | None = None
     p99_ratio: float | None = None
     server_cpu_ratio: float | None = None
+    extras: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def percentile(sorted_values: Sequence[int], fraction: float) -> int:
@@ -147,7 +152,17 @@ def summarize(
         server_cores=None if server_cpu is None else server_cpu / elapsed,
         client_cores=sum(sample.client_cpu_seconds for sample in samples) / elapsed,
         other_cores=_other_cores(samples, elapsed),
+        extras=_mean_extras(samples),
     )
+
+
+def _mean_extras(samples: Sequence[RoundSample]) -> dict[str, float]:
+    """Each extra averaged over the rounds that report it."""
+    values: dict[str, list[float]] = {}
+    for sample in samples:
+        for key, value in sample.extras.items():
+            values.setdefault(key, []).append(value)
+    return {key: sum(found) / len(found) for key, found in values.items()}
 
 
 def _other_cores(samples: Sequence[RoundSample], elapsed: float) -> float | None:

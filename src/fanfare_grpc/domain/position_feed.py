@@ -23,6 +23,7 @@ from fanfare_grpc.domain.queue_entries import Position, QueueEntries, queue_ref
 from fanfare_grpc.domain.queue_state import EntryStatus, QueueRef
 from fanfare_grpc.domain.queues import QueueStatus
 
+YIELD_EVERY = 200
 TERMINAL_ENTRY_STATUSES = frozenset(
     {
         EntryStatus.ADMITTED,
@@ -87,6 +88,10 @@ class PositionFeed:
         self._monotonic = monotonic
         self._watchers: dict[QueueRef, set[_Watcher]] = {}
         self._pollers: dict[QueueRef, asyncio.Task[None]] = {}
+        self._wakeups: dict[QueueRef, asyncio.Event] = {}
+        # Admissions made in this process reach its watchers at once; other replicas'
+        # admissions within one interval.
+        entries.on_admitted(self._wake)
 
     @property
     def watcher_count(self) -> int:
@@ -128,19 +133,36 @@ class PositionFeed:
                     if poller is not None:
                         poller.cancel()
 
+    def _wake(self, ref: QueueRef) -> None:
+        wakeup = self._wakeups.get(ref)
+        if wakeup is not None:
+            wakeup.set()
+
     async def _poll(self, ref: QueueRef, organization_id: str, mode: str, queue_id: str) -> None:
-        while ref in self._watchers:
-            await asyncio.sleep(self._interval)
-            try:
-                await self._refresh(ref, organization_id, mode, queue_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # A cache or database hiccup: watchers keep their last position and
-                # the next interval tries again.
-                self._logger.warning(
-                    "position refresh failed", extra={"queue_id": queue_id}, exc_info=True
-                )
+        wakeup = self._wakeups.setdefault(ref, asyncio.Event())
+        try:
+            while ref in self._watchers:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), self._interval)
+                wakeup.clear()
+                await self._refresh_safely(ref, organization_id, mode, queue_id)
+        finally:
+            if self._wakeups.get(ref) is wakeup:
+                del self._wakeups[ref]
+
+    async def _refresh_safely(
+        self, ref: QueueRef, organization_id: str, mode: str, queue_id: str
+    ) -> None:
+        try:
+            await self._refresh(ref, organization_id, mode, queue_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A cache or database hiccup: watchers keep their last position and the
+            # next interval tries again.
+            self._logger.warning(
+                "position refresh failed", extra={"queue_id": queue_id}, exc_info=True
+            )
 
     async def _refresh(self, ref: QueueRef, organization_id: str, mode: str, queue_id: str) -> None:
         watchers = list(self._watchers.get(ref, ()))
@@ -149,7 +171,11 @@ class PositionFeed:
         queue = await self._entries.queue(organization_id, mode, queue_id)
         views = await self._entries.state.views(ref, [w.consumer_id for w in watchers])
         now = self._monotonic()
-        for watcher, view in zip(watchers, views, strict=True):
+        for index, (watcher, view) in enumerate(zip(watchers, views, strict=True)):
+            if index and index % YIELD_EVERY == 0:
+                # Let the streams already woken send while the rest are prepared
+                # (admitted ones each sign a handoff token).
+                await asyncio.sleep(0)
             if view is None:
                 continue  # the queue was deleted: nothing to tell
             previous = watcher.last_sent

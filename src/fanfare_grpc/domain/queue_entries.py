@@ -157,7 +157,12 @@ class QueueEntries:
         self._monotonic = monotonic
         self._queues: dict[tuple[str, str, str], tuple[Queue, float]] = {}
         self._rates: dict[QueueRef, tuple[float, float]] = {}
+        self._admission_listeners: list[Callable[[QueueRef], None]] = []
         config.on_change(self.forget)
+
+    def on_admitted(self, listener: Callable[[QueueRef], None]) -> None:
+        """Call ``listener`` with the queue whenever this process admits consumers."""
+        self._admission_listeners.append(listener)
 
     @property
     def state(self) -> QueueStateStore:
@@ -289,6 +294,9 @@ class QueueEntries:
         admitted = await self._state.admit(
             queue_ref(queue), count, self._now(), queue.handoff_ttl.total_seconds()
         )
+        if admitted:
+            for listener in self._admission_listeners:
+                listener(queue_ref(queue))
         for entry in admitted:
             await self._publish(event_types.QUEUE_CONSUMER_ADMITTED, queue, entry)
         return admitted
