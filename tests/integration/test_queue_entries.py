@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
@@ -370,3 +371,59 @@ async def test_a_handoff_token_of_a_revoked_session_does_not_redeem(qw: QueueWor
     )
     result = await qw.validate(token)
     assert (result.valid, result.reason) == (False, queue_pb2.HANDOFF_TOKEN_REASON_INVALID)
+
+
+async def test_an_admission_past_due_shows_expired_without_a_token(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue(handoff_ttl=duration_pb2.Duration(seconds=60))
+    shopper = await qw.shopper("device")
+    await qw.enter(queue_id, shopper)
+    await qw.admit(queue_id, 1)
+    qw.world.clock.advance(dt.timedelta(seconds=61))
+    # The worker has not swept yet: still no token that could only be refused.
+    entry = (await qw.position(queue_id, shopper)).entry
+    assert (entry.status, entry.handoff_token) == (queue_pb2.ENTRY_STATUS_EXPIRED, "")
+
+
+async def test_a_handoff_token_of_an_expired_session_does_not_redeem(
+    backend: BackendSettings,
+) -> None:
+    settings = dataclasses.replace(
+        backend.settings, refresh_token_ttl_seconds=120, access_token_ttl_seconds=60
+    )
+    async with serving_consumer_world(settings, run_worker=False) as world:
+        qw = QueueWorld(world)
+        queue_id = await qw.open_queue(handoff_ttl=duration_pb2.Duration(seconds=600))
+        shopper = await qw.shopper("device")
+        await qw.enter(queue_id, shopper)
+        await qw.admit(queue_id, 1)
+        token = (await qw.position(queue_id, shopper)).entry.handoff_token
+        world.clock.advance(dt.timedelta(seconds=121))  # the session ended; the grant not
+        result = await qw.validate(token)
+        assert (result.valid, result.reason) == (False, queue_pb2.HANDOFF_TOKEN_REASON_INVALID)
+
+
+async def test_an_arrival_after_opens_at_never_joins_the_pre_queue(qw: QueueWorld) -> None:
+    application = qw.world.server.application
+    organization_id = qw.world.acme.organization.organization.organization_id
+    now = qw.world.clock()
+    queue_id = (await qw.create(opens_at=timestamp(now + dt.timedelta(minutes=1)))).queue.queue_id
+    early = await qw.shopper("early")
+    await qw.enter(queue_id, early)
+    # opens_at has passed but nothing has opened the queue yet (no worker ran):
+    # its status still says SCHEDULED, yet this arrival is after the opening time.
+    qw.world.clock.advance(dt.timedelta(minutes=2))
+    late = await application.queue_entries.enter(
+        organization_id,
+        "test",
+        queue_id,
+        consumer_id="cons_late",
+        session_id="sess_late",
+        device_hash="late-device",
+    )
+    assert not late.entry.pre_queue
+    await application.queue_worker.run_once()
+    assert (await qw.position(queue_id, early)).entry.position == 1
+    late_position = await application.queue_entries.position(
+        organization_id, "test", queue_id, "cons_late"
+    )
+    assert late_position.position == 2

@@ -396,6 +396,12 @@ async def test_the_signature_is_checked_once_per_token_but_revocation_every_call
     await revoke_as_consumer(world, guest.access_token)
     # Still cached as verified, yet refused on the very next call.
     await expect_status(world.get_session(guest.access_token), UNAUTHENTICATED)
+    # Replaying the dead token is refused from memory: one more look (signature and
+    # session), then none, however often it comes back.
+    refused_before = verifier.signature_checks
+    for _ in range(5):
+        await expect_status(world.get_session(guest.access_token), UNAUTHENTICATED)
+    assert verifier.signature_checks == refused_before + 1
 
 
 async def test_a_stale_access_token_does_not_block_the_refresh_that_renews_it(

@@ -12,14 +12,14 @@ import grpc
 import pytest
 from fanfare.queue.v1 import queue_pb2
 from fanfare.queue.v1 import queue_service_pb2 as queues
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 from grpc import aio
 
 from fanfare_grpc.domain.position_feed import PositionFeed
 from tests.clock import MutableClock
 from tests.conftest import BackendSettings, start_migrated_server
 from tests.consumers import consumer_metadata, consumer_world
-from tests.queues import QueueWorld, Shopper
+from tests.queues import QueueWorld, Shopper, timestamp
 
 QUEUED = queue_pb2.ENTRY_STATUS_QUEUED
 ADMITTED = queue_pb2.ENTRY_STATUS_ADMITTED
@@ -271,3 +271,23 @@ async def test_watching_without_a_consumer_token_is_unauthenticated(qw: QueueWor
     ):
         anonymous = Shopper(shopper.consumer_id, shopper.session_id, metadata)
         await expect_stream_error(watch(qw, queue_id, anonymous), grpc.StatusCode.UNAUTHENTICATED)
+
+
+async def test_stream_ends_with_not_found_when_its_queue_is_deleted(qw: QueueWorld) -> None:
+    now = qw.world.clock()
+    queue_id = (await qw.create(opens_at=timestamp(now + dt.timedelta(hours=1)))).queue.queue_id
+    shopper = await waiting_shopper(qw, queue_id, "pre-queue-device")
+    call = watch(qw, queue_id, shopper)
+    first = await first_message(call)
+    assert first.entry.pre_queue
+    # Back to DRAFT (opens_at cleared), then deleted with its pre-queue.
+    await qw.stub.UpdateQueue(
+        queues.UpdateQueueRequest(
+            queue_id=queue_id, update_mask=field_mask_pb2.FieldMask(paths=["opens_at"])
+        ),
+        metadata=qw.operator(),
+    )
+    await qw.stub.DeleteQueue(queues.DeleteQueueRequest(queue_id=queue_id), metadata=qw.operator())
+    await expect_stream_error(call, grpc.StatusCode.NOT_FOUND)
+    await asyncio.sleep(0)
+    assert feed_of(qw).watcher_count == 0

@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import enum
 import hmac
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -33,6 +34,9 @@ from fanfare_grpc.domain.consumer_sessions import ConsumerSession
 INVALID_SESSION = "missing or invalid consumer session"
 MAX_TOKEN_LENGTH = 4096
 MAX_CACHED_TOKENS = 100_000
+# A genuine token refused by server state (revoked, expired or unknown session) is
+# refused again from memory for this long: replaying it cannot drive database reads.
+SETTLED_REFUSAL_SECONDS = 10.0
 
 
 class TokenVerdict(enum.Enum):
@@ -82,6 +86,11 @@ class _Verified:
     session_expires_at: dt.datetime
 
 
+@dataclasses.dataclass(frozen=True)
+class _Settled:
+    verdict: TokenVerdict
+
+
 def revocation_marker(session_id: str) -> str:
     """Cache key whose presence means: this session's access tokens are dead."""
     return f"sessions:revoked:{session_id}"
@@ -100,7 +109,12 @@ class ConsumerTokenVerifier:
         issuer: str,
         access_token_lifetime: dt.timedelta,
         clock: Callable[[], dt.datetime],
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._monotonic = monotonic
+        self._settled: collections.OrderedDict[
+            tuple[str, str, Mode], tuple[TokenVerdict, float]
+        ] = collections.OrderedDict()
         self._signing_keys = signing_keys
         self._sessions = sessions
         self._envelope = envelope
@@ -136,7 +150,13 @@ class ConsumerTokenVerifier:
         digest = sha256_hex(token)
         verified = self._verified.get(digest)
         if verified is None:
+            settled = self._settled.get((digest, organization_id, mode))
+            if settled is not None and settled[1] > self._monotonic():
+                return TokenCheck(settled[0])
             first_sight = await self._first_sight(token, organization_id, mode, now)
+            if isinstance(first_sight, _Settled):
+                self._settle((digest, organization_id, mode), first_sight.verdict)
+                return TokenCheck(first_sight.verdict)
             if isinstance(first_sight, TokenVerdict):
                 return TokenCheck(first_sight)
             verified = first_sight
@@ -162,7 +182,9 @@ class ConsumerTokenVerifier:
 
     async def _first_sight(
         self, token: str, organization_id: str, mode: Mode, now: dt.datetime
-    ) -> _Verified | TokenVerdict:
+    ) -> _Verified | _Settled | TokenVerdict:
+        """Signature and claims, then the session (a refusal after a genuine signature
+        is ``_Settled``: server state decided it)."""
         self.signature_checks += 1
         try:
             claims = verify_access_token(
@@ -176,13 +198,13 @@ class ConsumerTokenVerifier:
             return TokenVerdict.EXPIRED if invalid.reason == "expired" else TokenVerdict.INVALID
         session = await self._sessions.get_session(organization_id, mode, claims.session_id)
         if session is None or session.consumer_id != claims.consumer_id:
-            return TokenVerdict.INVALID
+            return _Settled(TokenVerdict.INVALID)
         if session.revoked_at is not None:
-            return TokenVerdict.REVOKED
+            return _Settled(TokenVerdict.REVOKED)
         if session.expires_at <= now:
-            return TokenVerdict.EXPIRED
+            return _Settled(TokenVerdict.EXPIRED)
         if not hmac.compare_digest(session.device_hash, claims.device_hash):
-            return TokenVerdict.INVALID
+            return _Settled(TokenVerdict.INVALID)
         return _Verified(
             organization_id=organization_id,
             mode=mode,
@@ -192,6 +214,12 @@ class ConsumerTokenVerifier:
             device_hash=claims.device_hash,
             session_expires_at=session.expires_at,
         )
+
+    def _settle(self, key: tuple[str, str, Mode], verdict: TokenVerdict) -> None:
+        self._settled[key] = (verdict, self._monotonic() + SETTLED_REFUSAL_SECONDS)
+        self._settled.move_to_end(key)
+        while len(self._settled) > MAX_CACHED_TOKENS:
+            self._settled.popitem(last=False)
 
     def _remember(self, digest: str, verified: _Verified) -> None:
         self._verified[digest] = verified

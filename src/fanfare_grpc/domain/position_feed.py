@@ -19,6 +19,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
+from fanfare_grpc import errors
+from fanfare_grpc.domain.queue_config import QUEUE_NOT_FOUND
 from fanfare_grpc.domain.queue_entries import Position, QueueEntries, queue_ref
 from fanfare_grpc.domain.queue_state import EntryStatus, QueueRef
 from fanfare_grpc.domain.queues import QueueStatus
@@ -56,16 +58,18 @@ class _Watcher:
     consumer_id: str
     last_sent: Position
     sent_at: float
-    updates: asyncio.Queue[Position] = dataclasses.field(
+    # None: the queue is gone (deleted); the stream ends with NOT_FOUND.
+    updates: asyncio.Queue[Position | None] = dataclasses.field(
         default_factory=lambda: asyncio.Queue(maxsize=1)
     )
 
-    def offer(self, position: Position, now: float) -> None:
+    def offer(self, position: Position | None, now: float) -> None:
         # Only the newest update matters: replace one the client has not taken yet.
         if self.updates.full():
             self.updates.get_nowait()
         self.updates.put_nowait(position)
-        self.last_sent = position
+        if position is not None:
+            self.last_sent = position
         self.sent_at = now
 
 
@@ -120,6 +124,8 @@ class PositionFeed:
         try:
             while True:
                 position = await watcher.updates.get()
+                if position is None:
+                    raise errors.NotFound(QUEUE_NOT_FOUND)
                 yield position
                 if is_final(position):
                     return
@@ -168,16 +174,22 @@ class PositionFeed:
         watchers = list(self._watchers.get(ref, ()))
         if not watchers:
             return
-        queue = await self._entries.queue(organization_id, mode, queue_id)
-        views = await self._entries.state.views(ref, [w.consumer_id for w in watchers])
         now = self._monotonic()
+        try:
+            queue = await self._entries.queue(organization_id, mode, queue_id)
+        except errors.NotFound:
+            for watcher in watchers:
+                watcher.offer(None, now)
+            return
+        views = await self._entries.state.views(ref, [w.consumer_id for w in watchers])
         for index, (watcher, view) in enumerate(zip(watchers, views, strict=True)):
             if index and index % YIELD_EVERY == 0:
                 # Let the streams already woken send while the rest are prepared
                 # (admitted ones each sign a handoff token).
                 await asyncio.sleep(0)
             if view is None:
-                continue  # the queue was deleted: nothing to tell
+                watcher.offer(None, now)  # the queue's state was dropped (deleted)
+                continue
             previous = watcher.last_sent
             changed = (
                 view.entry.status is not previous.entry.status

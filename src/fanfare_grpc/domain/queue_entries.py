@@ -209,7 +209,13 @@ class QueueEntries:
         if queue.status not in ENTERABLE:
             raise errors.FailedPrecondition(QUEUE_NOT_OPEN)
         now = self._clock()
-        pre_queue = queue.status is QueueStatus.SCHEDULED
+        # Decided by time, not only by the (up to 1 s old) cached status: an arrival
+        # after opens_at must never be placed ahead of the line.
+        pre_queue = (
+            queue.status is QueueStatus.SCHEDULED
+            and queue.opens_at is not None
+            and now < queue.opens_at
+        )
         # Pre-queue: a uniformly random place among everyone who came before opening
         # (CSPRNG); after opening: the queue's counter, first come first served.
         score = secrets.randbits(53) / 2**53 if pre_queue else -1.0
@@ -375,9 +381,9 @@ class QueueEntries:
         if expected_queue_id is not None and expected_queue_id != claims.queue_id:
             return HandoffCheck(HandoffVerdict.WRONG_QUEUE, claims)
         session = await self._sessions.get_session(organization_id, Mode(mode), claims.session_id)
-        if session is None or session.revoked_at is not None:
-            # The grant is bound to the session: a revoked session (logout, refresh
-            # token reuse, erasure) cannot be turned into a checkout.
+        if session is None or not session.live_at(now):
+            # The grant is bound to the session: a revoked (logout, refresh token
+            # reuse, erasure) or expired session cannot be turned into a checkout.
             return HandoffCheck(HandoffVerdict.INVALID)
         ref = QueueRef(organization_id, mode, claims.queue_id)
         redeemed = await self._state.redeem(
@@ -419,6 +425,16 @@ class QueueEntries:
 
     async def _position(self, queue: Queue, view: EntryView) -> Position:
         entry = view.entry
+        now = self._now()
+        if (
+            entry.status is EntryStatus.ADMITTED
+            and entry.redeemed_at is None
+            and entry.handoff_expires_at is not None
+            and entry.handoff_expires_at <= now
+        ):
+            # Past due but not yet swept by the worker: it is expired, and its token
+            # would only be refused.
+            entry = dataclasses.replace(entry, status=EntryStatus.EXPIRED)
         waiting = entry.status is EntryStatus.QUEUED and view.rank is not None
         hidden = entry.pre_queue and queue.status is QueueStatus.SCHEDULED
         ahead = view.rank if waiting and view.rank is not None and not hidden else 0
