@@ -28,8 +28,9 @@ import sys
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
-from typing import Protocol
+from typing import Any, Protocol
 
 from grpc import aio
 
@@ -218,13 +219,18 @@ async def _drive(plan: LoadPlan, connection: Connection) -> LoadResult:
         )
 
 
-def client_process_main(connection: Connection) -> None:
-    """Receive the plan, run it, send the result (or the error) back."""
+def run_child(
+    connection: Connection,
+    drive: Callable[[Any, Connection], Coroutine[Any, Any, Any]],
+    what: str,
+) -> None:
+    """A client process's life: receive the plan, run ``drive``, send the result (or
+    the error) back to the harness."""
     try:
         if not connection.poll(_START_TIMEOUT_SECONDS):
-            raise TimeoutError("no load plan from the harness")
-        plan: LoadPlan = connection.recv()
-        result = asyncio.run(_drive(plan, connection))
+            raise TimeoutError(f"no {what} plan from the harness")
+        plan = connection.recv()
+        result = asyncio.run(drive(plan, connection))
     except BaseException as error:  # report anything to the harness, then exit
         with contextlib.suppress(OSError):  # the harness may be gone already
             connection.send(("error", f"{error!r}\n{traceback.format_exc()}"))
@@ -236,14 +242,26 @@ def client_process_main(connection: Connection) -> None:
         connection.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m bench.load_client FD``: FD is the harness's end of a socket pair."""
+def child_main(argv: list[str] | None, usage: str, run: Callable[[Connection], None]) -> int:
+    """``python -m bench.<client> FD``: FD is the harness's end of a socket pair."""
     arguments = sys.argv[1:] if argv is None else argv
     if len(arguments) != 1 or not arguments[0].isdigit():
-        print("usage: python -m bench.load_client FD (started by bench.harness)", file=sys.stderr)
+        print(f"usage: {usage}", file=sys.stderr)
         return 2
-    client_process_main(Connection(int(arguments[0])))
+    run(Connection(int(arguments[0])))
     return 0
+
+
+def client_process_main(connection: Connection) -> None:
+    """Receive the load plan, run it, send the result (or the error) back."""
+    run_child(connection, _drive, "load")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.load_client FD``: FD is the harness's end of a socket pair."""
+    return child_main(
+        argv, "python -m bench.load_client FD (started by bench.harness)", client_process_main
+    )
 
 
 if __name__ == "__main__":

@@ -20,11 +20,8 @@ time, so opening 10 k streams does not trip call deadlines.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import sys
 import time
-import traceback
 from collections import Counter
 from multiprocessing.connection import Connection
 
@@ -32,10 +29,9 @@ from fanfare.queue.v1 import queue_pb2
 from fanfare.queue.v1 import queue_service_pb2 as queues
 from grpc import aio
 
-from bench.load_client import Metadata
+from bench.load_client import Metadata, child_main, run_child
 
 WATCH_POSITION = "/fanfare.queue.v1.QueueService/WatchPosition"
-_START_TIMEOUT_SECONDS = 60.0
 _ADMITTED = queue_pb2.ENTRY_STATUS_ADMITTED
 _QUEUED = queue_pb2.ENTRY_STATUS_QUEUED
 
@@ -175,31 +171,15 @@ async def _drive(plan: WatchPlan, connection: Connection) -> WatchResult:
 
 
 def client_process_main(connection: Connection) -> None:
-    """Receive the plan, run it, send the result (or the error) back."""
-    try:
-        if not connection.poll(_START_TIMEOUT_SECONDS):
-            raise TimeoutError("no watch plan from the harness")
-        plan: WatchPlan = connection.recv()
-        result = asyncio.run(_drive(plan, connection))
-    except BaseException as error:  # report anything to the harness, then exit
-        with contextlib.suppress(OSError):
-            connection.send(("error", f"{error!r}\n{traceback.format_exc()}"))
-        if not isinstance(error, Exception):
-            raise
-    else:
-        connection.send(("result", result))
-    finally:
-        connection.close()
+    """Receive the watch plan, run it, send the result (or the error) back."""
+    run_child(connection, _drive, "watch")
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.watch_client FD``: FD is the harness's end of a socket pair."""
-    arguments = sys.argv[1:] if argv is None else argv
-    if len(arguments) != 1 or not arguments[0].isdigit():
-        print("usage: python -m bench.watch_client FD (started by bench.queues)", file=sys.stderr)
-        return 2
-    client_process_main(Connection(int(arguments[0])))
-    return 0
+    return child_main(
+        argv, "python -m bench.watch_client FD (started by bench.queues)", client_process_main
+    )
 
 
 if __name__ == "__main__":

@@ -116,6 +116,7 @@ class AuthenticationInterceptor(BehaviourInterceptor):
         state.client_host = peer_host(context.peer() or "")
         platform_identity = self._platform_identity(context)
         metadata = _text_metadata(context)
+        state.device_fingerprint = metadata.get(DEVICE_HEADER)
         presented = presented_api_key(metadata)
         if presented is None:
             if platform_identity is None:
@@ -143,7 +144,7 @@ class AuthenticationInterceptor(BehaviourInterceptor):
             and policy.consumer_token is not (ConsumerToken.NOT_USED)
         ):
             identity = await self._consumer_tokens.verify(
-                token.strip(), metadata.get(DEVICE_HEADER), key.organization_id, key.mode
+                token.strip(), state.device_fingerprint, key.organization_id, key.mode
             )
             principal = dataclasses.replace(
                 principal,

@@ -37,6 +37,7 @@ class CallState:
         headers_sent: Whether ``response_headers`` went out as initial metadata.
         principal: Who is calling, once authentication has run.
         client_host: The caller's IP address, for keyed digests only (never stored).
+        device_fingerprint: The raw ``x-fanfare-device`` value, for keyed digests only.
     """
 
     method: str
@@ -46,6 +47,7 @@ class CallState:
     headers_sent: bool = False
     principal: Principal | None = None
     client_host: str = ""
+    device_fingerprint: str | None = dataclasses.field(default=None, repr=False)
 
     def add_response_header(self, key: str, value: str) -> None:
         """Queue one initial-metadata entry (ignored once headers went out)."""

@@ -16,9 +16,8 @@ from fanfare_grpc.domain.api_key_service import ApiKeyService
 from fanfare_grpc.domain.api_keys import ApiKey
 from fanfare_grpc.domain.organizations import OrganizationStore, create_organization
 from fanfare_grpc.domain.passwordless import PasswordlessLogin
-from fanfare_grpc.interceptors.authentication import DEVICE_HEADER
 from fanfare_grpc.servicers import convert
-from fanfare_grpc.servicers.principal import call_metadata, client_host, current_principal
+from fanfare_grpc.servicers.principal import client_host, current_principal, device_fingerprint
 from fanfare_grpc.servicers.session import issued_fields
 
 
@@ -151,7 +150,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             organization_id,
             mode,
             request.email,
-            call_metadata(context).get(DEVICE_HEADER),
+            device_fingerprint(),
             client_host(),
         )
         return auth_service_pb2.StartPasswordlessLoginResponse(
@@ -167,7 +166,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             mode,
             request.challenge_id,
             request.code,
-            call_metadata(context).get(DEVICE_HEADER),
+            device_fingerprint(),
             client_host(),
         )
         return auth_service_pb2.VerifyPasswordlessLoginResponse(**issued_fields(issued))

@@ -39,6 +39,13 @@ def from_timestamp(value: timestamp_pb2.Timestamp) -> dt.datetime:
     return value.ToDatetime(tzinfo=dt.UTC)
 
 
+def duration(value: dt.timedelta) -> duration_pb2.Duration:
+    """A Duration."""
+    converted = duration_pb2.Duration()
+    converted.FromTimedelta(value)
+    return converted
+
+
 def from_duration(value: duration_pb2.Duration) -> dt.timedelta:
     """A timedelta."""
     return value.ToTimedelta()

@@ -1,8 +1,6 @@
-"""What servicers read about the current call: its principal and metadata."""
+"""What servicers read about the current call: its principal, address and device."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from fanfare_grpc.domain.access import Principal
 from fanfare_grpc.interceptors.call_state import current_call_state
@@ -20,10 +18,6 @@ def client_host() -> str:
     return current_call_state().client_host
 
 
-def call_metadata(context: Any) -> dict[str, str]:
-    """Text request metadata, keys lower-cased."""
-    return {
-        key.lower(): value
-        for key, value in context.invocation_metadata() or ()
-        if isinstance(value, str)
-    }
+def device_fingerprint() -> str | None:
+    """The caller's raw ``x-fanfare-device`` (read once, by authentication)."""
+    return current_call_state().device_fingerprint

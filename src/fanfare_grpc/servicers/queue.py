@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fanfare.queue.v1 import queue_pb2, queue_service_pb2, queue_service_pb2_grpc
-from google.protobuf import duration_pb2
 
 from fanfare_grpc.domain.access import KeyKind, Principal
 from fanfare_grpc.domain.position_feed import PositionFeed
@@ -44,12 +43,6 @@ _HANDOFF_REASONS = {
 }
 
 
-def _duration(value: dt.timedelta) -> duration_pb2.Duration:
-    converted = duration_pb2.Duration()
-    converted.FromTimedelta(value)
-    return converted
-
-
 def _from_epoch(value: float | None) -> dt.datetime | None:
     return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
 
@@ -66,7 +59,7 @@ def queue_message(queue: QueueConfig, *, public_only: bool = False) -> queue_pb2
     )
     if not public_only:
         message.admission_rate_per_minute = queue.admission_rate_per_minute
-        message.handoff_ttl.CopyFrom(_duration(queue.handoff_ttl))
+        message.handoff_ttl.CopyFrom(convert.duration(queue.handoff_ttl))
         message.max_size = queue.max_size
         message.created_at.FromDatetime(queue.created_at)
         message.updated_at.FromDatetime(queue.updated_at)
@@ -89,7 +82,7 @@ def entry_message(position: Position) -> queue_pb2.Entry:
         ended_at=convert.timestamp(_from_epoch(entry.ended_at)),
     )
     if position.estimated_wait is not None:
-        message.estimated_wait.CopyFrom(_duration(position.estimated_wait))
+        message.estimated_wait.CopyFrom(convert.duration(position.estimated_wait))
     if position.handoff_token is not None:
         message.handoff_token = position.handoff_token
         expires_at = _from_epoch(entry.handoff_expires_at)
@@ -327,7 +320,7 @@ class QueueServicer(queue_service_pb2_grpc.QueueServiceServicer):
             status=_QUEUE_STATUSES[stats.queue.status],
         )
         if stats.oldest_wait is not None:
-            response.oldest_wait.CopyFrom(_duration(stats.oldest_wait))
+            response.oldest_wait.CopyFrom(convert.duration(stats.oldest_wait))
         return response
 
 

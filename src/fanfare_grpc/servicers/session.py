@@ -11,9 +11,8 @@ from fanfare_grpc.authentication.consumer_tokens import ConsumerTokenVerifier, T
 from fanfare_grpc.domain.access import KeyKind
 from fanfare_grpc.domain.consumer_sessions import ConsumerSession
 from fanfare_grpc.domain.session_service import IssuedSession, SessionService
-from fanfare_grpc.interceptors.authentication import DEVICE_HEADER
 from fanfare_grpc.servicers import convert
-from fanfare_grpc.servicers.principal import call_metadata, current_principal
+from fanfare_grpc.servicers.principal import current_principal, device_fingerprint
 
 _REASONS = {
     TokenVerdict.OK: session_pb2.SESSION_VALIDATION_REASON_OK,
@@ -61,7 +60,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     ) -> session_service_pb2.CreateGuestSessionResponse:
         organization_id, mode = current_principal().tenant()
         issued = await self._sessions.create_guest_session(
-            organization_id, mode, call_metadata(context).get(DEVICE_HEADER)
+            organization_id, mode, device_fingerprint()
         )
         return session_service_pb2.CreateGuestSessionResponse(**issued_fields(issued))
 
@@ -70,7 +69,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     ) -> session_service_pb2.RefreshSessionResponse:
         organization_id, mode = current_principal().tenant()
         issued = await self._sessions.refresh(
-            organization_id, mode, request.refresh_token, call_metadata(context).get(DEVICE_HEADER)
+            organization_id, mode, request.refresh_token, device_fingerprint()
         )
         return session_service_pb2.RefreshSessionResponse(**issued_fields(issued))
 
