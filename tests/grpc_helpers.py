@@ -60,6 +60,19 @@ def bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
     return fields
 
 
+def error_reasons(error: grpc.aio.AioRpcError) -> list[str]:
+    """Reasons of the google.rpc.ErrorInfo details of an error."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return []
+    reasons: list[str] = []
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reasons.append(info.reason)
+    return reasons
+
+
 async def expect_status(call: object, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
     """Await ``call`` and return the error it must fail with, ``code``."""
     with pytest.raises(grpc.aio.AioRpcError) as raised:

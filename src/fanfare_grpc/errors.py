@@ -11,11 +11,16 @@ import dataclasses
 
 
 class FanfareError(Exception):
-    """Base of every error a caller may see; ``message`` is shown to the caller."""
+    """Base of every error a caller may see; ``message`` is shown to the caller.
 
-    def __init__(self, message: str) -> None:
+    ``reason`` is a stable UPPER_SNAKE_CASE code for programs (``google.rpc.ErrorInfo``),
+    e.g. ``TOKEN_EXPIRED`` tells an SDK to refresh rather than log in again.
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.reason = reason
 
 
 class Unauthenticated(FanfareError):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
 import sys
+import time
+import traceback
+from collections.abc import Callable
 from typing import Any, TextIO
 
 # Attributes every LogRecord has; anything else passed through ``extra=`` is a field.
@@ -37,11 +41,145 @@ class JsonFormatter(logging.Formatter):
 
 # Drivers that log statement parameters (secrets, hashes) at DEBUG: never below WARNING.
 QUIET_LOGGERS = ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "psycopg", "redis")
+OWN_LOGGER = "fanfare_grpc"
+# Other libraries' messages are cut here: they are templates, not reports.
+THIRD_PARTY_MESSAGE_LIMIT = 300
+# Records outside the per-call access log that one category may write.
+DEFAULT_RECORDS_PER_SECOND = 20.0
+DEFAULT_BURST = 200
+# Set through ``extra={BUDGETED: True}`` on records caused by callers nobody vouches
+# for (calls without a principal): they share the "anonymous" budget.
+BUDGETED = "_budgeted"
+
+
+def _is_own(record: logging.LogRecord) -> bool:
+    return record.name == OWN_LOGGER or record.name.startswith(OWN_LOGGER + ".")
+
+
+class ThirdPartyRedaction(logging.Filter):
+    """Other libraries' records keep their message template, never its arguments.
+
+    grpcio logs a whole metadata value (credentials included) when a header is not
+    UTF-8, and database drivers log statement parameters at DEBUG. Such values travel
+    in a record's arguments and exception messages, so whatever a library's logger
+    level, only the template, the exception type and the stack frames get through.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _is_own(record):
+            return True
+        template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
+        if record.args:
+            template += " [arguments withheld]"
+        record.msg = template[:THIRD_PARTY_MESSAGE_LIMIT]
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            exception = record.exc_info[1]
+            record.exception_type = type(exception).__qualname__
+            record.exception_frames = "".join(traceback.format_tb(exception.__traceback__))
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return True
+
+
+@dataclasses.dataclass
+class TokenBucket:
+    """At most ``rate`` events a second on average, ``burst`` at once."""
+
+    rate: float
+    burst: float
+    monotonic: Callable[[], float] = time.monotonic
+    _tokens: float = dataclasses.field(init=False)
+    _last: float = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self._tokens = self.burst
+        self._last = self.monotonic()
+
+    def take(self) -> bool:
+        """Spend one token if there is one."""
+        now = self.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+def budget_category(record: logging.LogRecord) -> str | None:
+    """Which log budget a record spends, None for the unbudgeted access log.
+
+    Anything a stranger can trigger at will is budgeted: other libraries' records
+    (grpcio's complaints about malformed frames), records of anonymous calls, and
+    every warning or error, so that a flood of bad traffic cannot grow the log
+    faster than a fixed rate.
+    """
+    if not _is_own(record):
+        return "third_party"
+    if getattr(record, BUDGETED, False):
+        return "anonymous"
+    if record.levelno >= logging.WARNING:
+        return "problems"
+    return None
+
+
+class BudgetedStreamHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that drops records over their category's budget.
+
+    What was dropped is reported: one line per category and second at most, counting
+    the records it left out.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        records_per_second: float = DEFAULT_RECORDS_PER_SECOND,
+        burst: int = DEFAULT_BURST,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(stream)
+        self._monotonic = monotonic
+        self._rate = records_per_second
+        self._burst = burst
+        self._buckets: dict[str, TokenBucket] = {}
+        self._dropped: dict[str, int] = {}
+        self._reported_at: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        category = budget_category(record)
+        if category is None:
+            super().emit(record)
+            return
+        bucket = self._buckets.get(category)
+        if bucket is None:
+            bucket = self._buckets[category] = TokenBucket(self._rate, self._burst, self._monotonic)
+        if not bucket.take():
+            self._dropped[category] = self._dropped.get(category, 0) + 1
+            if self._monotonic() - self._reported_at.get(category, float("-inf")) >= 1.0:
+                self._report_dropped(category)
+            return
+        if self._dropped.get(category):
+            self._report_dropped(category)
+        super().emit(record)
+
+    def _report_dropped(self, category: str) -> None:
+        self._reported_at[category] = self._monotonic()
+        dropped, self._dropped[category] = self._dropped[category], 0
+        summary = logging.LogRecord(
+            OWN_LOGGER, logging.WARNING, __file__, 0, "log budget exceeded", None, None
+        )
+        summary.budget = category
+        summary.dropped_records = dropped
+        super().emit(summary)
 
 
 def configure_logging(level: str, stream: TextIO | None = None) -> None:
     """Send every ``fanfare_grpc`` (and root) log record to ``stream`` as JSON."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = BudgetedStreamHandler(stream or sys.stderr)
+    handler.addFilter(ThirdPartyRedaction())
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):

@@ -41,6 +41,10 @@ class MethodPolicy:
         secret_roles: Roles of secret keys that may call it.
         consumer_token: With a publishable key, whether a consumer token is required.
         mutating: Changes state: ``idempotency-key`` applies (secret keys).
+        redeems: Spends a single-use grant (a handoff token). Such a call is never
+            answered from the idempotency store: a stored ``valid`` replayed for a
+            repeated key would grant the same token twice. A repeat is executed and
+            answers ``ALREADY_USED``.
     """
 
     public: bool = False
@@ -49,6 +53,7 @@ class MethodPolicy:
     secret_roles: frozenset[Role] = NO_ROLE
     consumer_token: ConsumerToken = ConsumerToken.NOT_USED
     mutating: bool = False
+    redeems: bool = False
 
 
 PUBLIC = MethodPolicy(public=True)
@@ -107,7 +112,9 @@ PERMISSIONS: Mapping[str, MethodPolicy] = {
     _QUEUE + "AdmitConsumers": _secret(OPERATORS, mutating=True),
     _QUEUE + "DenyConsumer": _secret(OPERATORS, mutating=True),
     _QUEUE + "CompleteConsumer": _secret(OPERATORS, mutating=True),
-    _QUEUE + "ValidateHandoffToken": _secret(ANY_ROLE, mutating=True),
+    _QUEUE + "ValidateHandoffToken": MethodPolicy(
+        secret_roles=ANY_ROLE, mutating=True, redeems=True
+    ),
     _QUEUE + "GetQueueStats": _secret(ANY_ROLE),
     # WebhookService
     _WEBHOOK + "CreateWebhookEndpoint": _secret(OPERATORS, mutating=True),

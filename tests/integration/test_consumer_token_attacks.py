@@ -31,13 +31,18 @@ from fanfare.auth.v1 import auth_service_pb2 as auth
 from fanfare.common.v1 import common_pb2
 from fanfare.session.v1 import session_pb2, session_service_pb2
 
-from fanfare_grpc.authentication.consumer_tokens import INVALID_SESSION
+from fanfare_grpc.authentication.consumer_tokens import (
+    DEVICE_REQUIRED,
+    EXPIRED_SESSION_TOKEN,
+    INVALID_SESSION,
+    REVOKED_SESSION,
+)
 from fanfare_grpc.crypto.jwt_tokens import SigningKey
 from fanfare_grpc.domain.session_service import INVALID_REFRESH_TOKEN
 from tests.clock import MutableClock
 from tests.conftest import BackendSettings, start_migrated_server
 from tests.consumers import ConsumerWorld, Tenant, consumer_metadata, consumer_world
-from tests.grpc_helpers import bearer
+from tests.grpc_helpers import bearer, error_reasons
 
 DEVICE = "device-1"
 OTHER_DEVICE = "device-2"
@@ -156,13 +161,31 @@ async def assert_accepted(world: ConsumerWorld, token: str, **kwargs: Any) -> No
     assert response.session.session_id == Jws.parse(token).claims["sid"]
 
 
+REFUSAL_MESSAGES = {
+    "TOKEN_INVALID": INVALID_SESSION,
+    "TOKEN_EXPIRED": EXPIRED_SESSION_TOKEN,
+    "SESSION_REVOKED": REVOKED_SESSION,
+    "DEVICE_REQUIRED": DEVICE_REQUIRED,
+}
+
+
 async def assert_refused(
-    world: ConsumerWorld, token: str, device: str | None = DEVICE, **kwargs: Any
+    world: ConsumerWorld,
+    token: str,
+    device: str | None = DEVICE,
+    reason: str = "TOKEN_INVALID",
+    **kwargs: Any,
 ) -> None:
-    """UNAUTHENTICATED with the uniform message (nothing tells what was wrong)."""
+    """UNAUTHENTICATED with the message of its reason.
+
+    Forgeries and misuse share TOKEN_INVALID and one message (nothing tells what was
+    wrong); a genuine token that expired or whose session was revoked says so, so an
+    SDK knows whether to refresh or log in again.
+    """
     error = await rpc_error(probe(world, token, device, **kwargs))
     assert error.code() == UNAUTHENTICATED
-    assert error.details() == INVALID_SESSION
+    assert error.details() == REFUSAL_MESSAGES[reason]
+    assert error_reasons(error) == [reason]
 
 
 async def validate(
@@ -326,7 +349,7 @@ async def test_token_expired_beyond_leeway_is_refused(
     if seen_before:
         await assert_accepted(world, token)
     advance_past_expiry(world, token, 31)
-    await assert_refused(world, token)
+    await assert_refused(world, token, reason="TOKEN_EXPIRED")
 
 
 @pytest.mark.parametrize("seen_before", [True, False], ids=["cached", "first_sight"])
@@ -443,7 +466,9 @@ async def test_token_from_another_device_is_refused(
 ) -> None:
     token = (await world.guest(device=DEVICE)).access_token
     await assert_accepted(world, token, device=DEVICE)
-    await assert_refused(world, token, device=device)
+    # A missing device is the client's slip and says so; another device is a thief's.
+    reason = "TOKEN_INVALID" if device else "DEVICE_REQUIRED"
+    await assert_refused(world, token, device=device, reason=reason)
 
 
 async def test_unseen_token_from_another_device_is_refused(world: ConsumerWorld) -> None:
@@ -463,7 +488,7 @@ async def test_token_refused_right_after_revoking_own_session(world: ConsumerWor
         session_service_pb2.RevokeSessionRequest(),
         metadata=consumer_metadata(world.acme.publishable_key, issued.access_token, DEVICE),
     )
-    await assert_refused(world, issued.access_token)
+    await assert_refused(world, issued.access_token, reason="SESSION_REVOKED")
     refreshed = await rpc_error(world.refresh(issued.refresh_token))
     assert refreshed.code() == UNAUTHENTICATED
 
@@ -475,7 +500,7 @@ async def test_token_refused_right_after_admin_revokes_the_session(world: Consum
         session_service_pb2.RevokeSessionRequest(session_id=issued.session.session_id),
         metadata=bearer(world.acme.secret_key),
     )
-    await assert_refused(world, issued.access_token)
+    await assert_refused(world, issued.access_token, reason="SESSION_REVOKED")
     refreshed = await rpc_error(world.refresh(issued.refresh_token))
     assert refreshed.code() == UNAUTHENTICATED
     verdict = await validate(world, issued.access_token)
@@ -494,8 +519,8 @@ async def test_refresh_token_reuse_revokes_the_whole_family(world: ConsumerWorld
     assert reused.details() == INVALID_REFRESH_TOKEN
 
     # The newest tokens are dead too, and so is the older access token.
-    await assert_refused(world, second.access_token)
-    await assert_refused(world, first.access_token)
+    await assert_refused(world, second.access_token, reason="SESSION_REVOKED")
+    await assert_refused(world, first.access_token, reason="SESSION_REVOKED")
     newest = await rpc_error(world.refresh(second.refresh_token))
     assert newest.code() == UNAUTHENTICATED
     verdict = await validate(world, second.access_token)

@@ -222,6 +222,26 @@ async def test_handoff_token_redeems_once_and_carries_its_binding(qw: QueueWorld
     assert [event.data["consumer_id"] for event in redeemed] == [shopper.consumer_id]
 
 
+async def test_an_idempotency_key_never_replays_a_redemption(qw: QueueWorld) -> None:
+    # A merchant deriving the key from the token (or the cart) must not see the same
+    # token valid twice: redemption is never answered from the idempotency store.
+    queue_id = await qw.open_queue()
+    shopper = await qw.shopper("device")
+    await qw.enter(queue_id, shopper)
+    await qw.admit(queue_id, 1)
+    token = (await qw.position(queue_id, shopper)).entry.handoff_token
+    request = queues.ValidateHandoffTokenRequest(handoff_token=token, queue_id=queue_id)
+    metadata = (*qw.operator(), ("idempotency-key", "cart-42"))
+    first = await qw.stub.ValidateHandoffToken(request, metadata=metadata)
+    assert first.valid
+    for _ in range(2):
+        again = await qw.stub.ValidateHandoffToken(request, metadata=metadata)
+        assert (again.valid, again.reason) == (
+            False,
+            queue_pb2.HANDOFF_TOKEN_REASON_ALREADY_USED,
+        )
+
+
 async def test_fifty_concurrent_validations_redeem_once(qw: QueueWorld) -> None:
     queue_id = await qw.open_queue()
     shopper = await qw.shopper("device")

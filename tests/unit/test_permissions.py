@@ -8,12 +8,14 @@ from fanfare.auth.v1 import auth_service_pb2
 from fanfare.queue.v1 import queue_service_pb2
 from fanfare.session.v1 import session_service_pb2
 from fanfare.webhook.v1 import webhook_service_pb2
+from google.protobuf.descriptor import Descriptor
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from fanfare_grpc import errors
 from fanfare_grpc.domain.access import KeyKind, Mode, Principal, Role
 from fanfare_grpc.interceptors.authorization import check_permission
+from fanfare_grpc.interceptors.idempotency import SECRET_RESPONSE_FIELDS
 from fanfare_grpc.permissions import PERMISSIONS
 
 _MODULES = (
@@ -144,3 +146,51 @@ def test_operator_reads_follow_the_api_contract(method: str) -> None:
 def test_plain_sk_rpcs_accept_every_role(method: str) -> None:
     for role in Role:
         check_permission(PERMISSIONS[method], _secret(role))
+
+
+def _response_fields(method: str) -> list[tuple[str, str, bool]]:
+    """(path, name, top level) of every field of ``method``'s response, recursively."""
+    service_name, _, name = method.lstrip("/").rpartition("/")
+    for module in _MODULES:
+        service = module.DESCRIPTOR.services_by_name.get(service_name.rpartition(".")[2])
+        if service is not None and service.full_name == service_name:
+            descriptor = service.methods_by_name[name].output_type
+            break
+    else:
+        raise AssertionError(method)
+    found: list[tuple[str, str, bool]] = []
+
+    def walk(message: Descriptor, prefix: str, depth: int) -> None:
+        for field in message.fields:
+            found.append((prefix + field.name, field.name, depth == 0))
+            if field.message_type is not None and depth < 4:
+                walk(field.message_type, f"{prefix}{field.name}.", depth + 1)
+
+    walk(descriptor, "", 0)
+    return found
+
+
+def _grants_something(field_name: str) -> bool:
+    return field_name == "valid" or (
+        field_name != "next_page_token" and field_name.endswith(("token", "secret", "secret_key"))
+    )
+
+
+def test_no_idempotent_replay_can_hand_out_a_grant() -> None:
+    # A replayed response must never grant anything again: verdicts (``valid``) are
+    # never replayed; secrets and tokens, at any depth, are cleared from replays.
+    for method, policy in PERMISSIONS.items():
+        if not policy.mutating or not policy.secret_roles:
+            continue
+        for path, name, _ in _response_fields(method):
+            if not _grants_something(name):
+                continue
+            if name == "valid":
+                assert policy.redeems, f"{method} replays a verdict ({path})"
+            else:
+                assert name in SECRET_RESPONSE_FIELDS, f"{method}: a replay would return {path}"
+
+
+def test_only_handoff_validation_redeems() -> None:
+    redeeming = {method for method, policy in PERMISSIONS.items() if policy.redeems}
+    assert redeeming == {"/fanfare.queue.v1.QueueService/ValidateHandoffToken"}

@@ -32,6 +32,9 @@ from fanfare_grpc.domain.access import Mode
 from fanfare_grpc.domain.consumer_sessions import ConsumerSession
 
 INVALID_SESSION = "missing or invalid consumer session"
+EXPIRED_SESSION_TOKEN = "session token expired: refresh it"
+REVOKED_SESSION = "session revoked: log in again"
+DEVICE_REQUIRED = "x-fanfare-device header missing: a consumer session is bound to its device"
 MAX_TOKEN_LENGTH = 4096
 MAX_CACHED_TOKENS = 100_000
 # A genuine token refused by server state (revoked, expired or unknown session) is
@@ -47,6 +50,22 @@ class TokenVerdict(enum.Enum):
     REVOKED = "revoked"
     INVALID = "invalid"
     DEVICE_MISMATCH = "device_mismatch"
+
+
+# What an SDK should do next, as a google.rpc.ErrorInfo reason. Device mismatches
+# and forgeries share TOKEN_INVALID: telling them apart would help a token thief.
+_REFUSALS: dict[TokenVerdict, tuple[str, str]] = {
+    TokenVerdict.EXPIRED: (EXPIRED_SESSION_TOKEN, "TOKEN_EXPIRED"),
+    TokenVerdict.REVOKED: (REVOKED_SESSION, "SESSION_REVOKED"),
+    TokenVerdict.INVALID: (INVALID_SESSION, "TOKEN_INVALID"),
+    TokenVerdict.DEVICE_MISMATCH: (INVALID_SESSION, "TOKEN_INVALID"),
+}
+
+
+def refusal(verdict: TokenVerdict) -> errors.Unauthenticated:
+    """The UNAUTHENTICATED error for a token refused with ``verdict``."""
+    message, reason = _REFUSALS[verdict]
+    return errors.Unauthenticated(message, reason=reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,20 +150,26 @@ class ConsumerTokenVerifier:
         """The identity behind a token presented with a key of ``organization_id``/``mode``.
 
         Raises:
-            Unauthenticated: Anything wrong (one message, whatever it was).
+            Unauthenticated: No device, or the token is refused; the reason says
+                whether to refresh (TOKEN_EXPIRED) or log in again (SESSION_REVOKED,
+                TOKEN_INVALID), never which check a bad token failed.
         """
         if device is None:
-            raise errors.Unauthenticated(INVALID_SESSION)
+            raise errors.Unauthenticated(DEVICE_REQUIRED, reason="DEVICE_REQUIRED")
         check = await self.check(token, device, organization_id, mode)
         if check.identity is None:
-            raise errors.Unauthenticated(INVALID_SESSION)
+            raise refusal(check.verdict)
         return check.identity
 
     async def check(
         self, token: str, device: str | None, organization_id: str, mode: Mode
     ) -> TokenCheck:
         """Verdict on a token; ``device`` None skips the device check (ValidateSession)."""
-        if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
+        if (
+            not token
+            or len(token) > MAX_TOKEN_LENGTH
+            or not (token.isascii() and token.isprintable())
+        ):
             return TokenCheck(TokenVerdict.INVALID)
         now = self._clock()
         digest = sha256_hex(token)

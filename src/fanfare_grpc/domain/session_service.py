@@ -153,13 +153,39 @@ class SessionRevocations(Protocol):
         ...
 
 
+def _device_violation(description: str) -> errors.InvalidArgument:
+    return errors.InvalidArgument(
+        "invalid device fingerprint", (errors.FieldViolation(DEVICE_HEADER, description),)
+    )
+
+
+def checked_device_fingerprint(device: str | None) -> str | None:
+    """The raw fingerprint from ``x-fanfare-device`` if one was sent, checked.
+
+    Only printable ASCII is accepted: gRPC stacks decode other header bytes in
+    different ways (grpcio as latin-1), so two different byte strings could
+    otherwise become one fingerprint.
+
+    Raises:
+        InvalidArgument: Present but empty, oversized or not printable ASCII.
+    """
+    if device is None:
+        return None
+    if not device.strip() or len(device) > MAX_DEVICE_FINGERPRINT_LENGTH:
+        raise _device_violation(f"metadata must be 1-{MAX_DEVICE_FINGERPRINT_LENGTH} characters")
+    if not (device.isascii() and device.isprintable()):
+        raise _device_violation("metadata must be printable ASCII")
+    return device
+
+
 def device_fingerprint_required(device: str | None) -> str:
     """The raw fingerprint from ``x-fanfare-device``.
 
     Raises:
-        InvalidArgument: Missing, empty or oversized.
+        InvalidArgument: Missing, empty, oversized or not printable ASCII.
     """
-    if device is None or not device.strip() or len(device) > MAX_DEVICE_FINGERPRINT_LENGTH:
+    checked = checked_device_fingerprint(device)
+    if checked is None:
         raise errors.InvalidArgument(
             "device fingerprint required",
             (
@@ -169,7 +195,7 @@ def device_fingerprint_required(device: str | None) -> str:
                 ),
             ),
         )
-    return device
+    return checked
 
 
 @dataclasses.dataclass(frozen=True)

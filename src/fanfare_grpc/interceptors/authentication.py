@@ -3,15 +3,19 @@
 ``authorization: Bearer <key>`` or ``x-publishable-key: pk_…``; on mTLS, an
 allow-listed client certificate identity is a platform principal. With
 ``x-fanfare-session`` (and ``x-fanfare-device``), the consumer access token must be
-valid for the key's organization and mode, and adds the consumer and session. Every
-failure gets the same UNAUTHENTICATED message, whatever was wrong.
+valid for the key's organization and mode, and adds the consumer and session.
+
+A key that fails verification always gets the same UNAUTHENTICATED message, whatever
+was wrong with it. Header problems the caller can fix say what is expected instead:
+a missing ``Bearer``, a repeated credential header (a proxy and this server could
+otherwise disagree about who is calling), a device header that is not printable ASCII.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from grpc import aio
@@ -22,6 +26,7 @@ from fanfare_grpc.authentication.key_verifier import INVALID_CREDENTIALS, KeyVer
 from fanfare_grpc.authentication.usage import KeyUsageRecorder
 from fanfare_grpc.crypto.digests import KeyedDigester
 from fanfare_grpc.domain.access import KeyKind, Principal
+from fanfare_grpc.domain.session_service import checked_device_fingerprint
 from fanfare_grpc.interceptors.call_state import current_call_state
 from fanfare_grpc.interceptors.wrapping import (
     BehaviourInterceptor,
@@ -29,8 +34,15 @@ from fanfare_grpc.interceptors.wrapping import (
 from fanfare_grpc.permissions import ConsumerToken, MethodPolicy
 
 _BEARER = "bearer "
+AUTHORIZATION_HEADER = "authorization"
+PUBLISHABLE_KEY_HEADER = "x-publishable-key"
 SESSION_HEADER = "x-fanfare-session"
 DEVICE_HEADER = "x-fanfare-device"
+# Headers that say who is calling: each may appear at most once.
+IDENTITY_HEADERS = frozenset(
+    {AUTHORIZATION_HEADER, PUBLISHABLE_KEY_HEADER, SESSION_HEADER, DEVICE_HEADER}
+)
+BEARER_FORMAT = "authorization header must be 'Bearer <api key>'"
 _IDENTITY_PROPERTIES = ("x509_subject_alternative_name", "x509_common_name", "peer_spiffe_id")
 
 
@@ -40,12 +52,12 @@ def presented_api_key(metadata: Mapping[str, str]) -> str | None:
     Raises:
         Unauthenticated: Malformed header, or two different keys presented.
     """
-    authorization = metadata.get("authorization")
-    alias = metadata.get("x-publishable-key")
+    authorization = metadata.get(AUTHORIZATION_HEADER)
+    alias = metadata.get(PUBLISHABLE_KEY_HEADER)
     key = None
     if authorization is not None:
         if not authorization[: len(_BEARER)].lower() == _BEARER:
-            raise errors.Unauthenticated(INVALID_CREDENTIALS)
+            raise errors.Unauthenticated(BEARER_FORMAT)
         key = authorization[len(_BEARER) :].strip()
     if alias is not None:
         alias = alias.strip()
@@ -74,11 +86,19 @@ def peer_host(peer: str) -> str:
     return peer
 
 
-def _text_metadata(context: aio.ServicerContext[Any, Any]) -> dict[str, str]:
+def identity_metadata(pairs: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
+    """The text metadata of a call by lower-cased name.
+
+    Raises:
+        Unauthenticated: A header of ``IDENTITY_HEADERS`` appears more than once.
+    """
     metadata: dict[str, str] = {}
-    for key, value in context.invocation_metadata() or ():
+    for key, value in pairs:
+        name = key.lower()
+        if name in IDENTITY_HEADERS and name in metadata:
+            raise errors.Unauthenticated(f"duplicate {name} header: send it once")
         if isinstance(value, str):
-            metadata[key.lower()] = value
+            metadata[name] = value
     return metadata
 
 
@@ -115,8 +135,10 @@ class AuthenticationInterceptor(BehaviourInterceptor):
         state = current_call_state()
         state.client_host = peer_host(context.peer() or "")
         platform_identity = self._platform_identity(context)
-        metadata = _text_metadata(context)
-        state.device_fingerprint = metadata.get(DEVICE_HEADER)
+        metadata = identity_metadata(context.invocation_metadata() or ())
+        device = metadata.get(DEVICE_HEADER)
+        # An empty header is no device (the methods that need one say it is missing).
+        state.device_fingerprint = checked_device_fingerprint(device if device else None)
         presented = presented_api_key(metadata)
         if presented is None:
             if platform_identity is None:

@@ -19,6 +19,8 @@ from fanfare_grpc import errors
 INTERNAL_MESSAGE = "internal error"
 UNIMPLEMENTED_MESSAGE = "method not implemented"
 RETRY_AFTER_HEADER = "retry-after"
+# The ``google.rpc.ErrorInfo`` domain of every reason this service sends.
+ERROR_DOMAIN = "fanfare.io"
 
 _CODES: tuple[tuple[type[errors.FanfareError], grpc.StatusCode], ...] = (
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
@@ -58,6 +60,8 @@ def status_for_domain_error(error: errors.FanfareError) -> MappedStatus:
             ]
         )
         details.append(_pack(bad_request))
+    if error.reason is not None:
+        details.append(_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN)))
     if isinstance(error, errors.ResourceExhausted) and error.retry_after_seconds is not None:
         retry_info = error_details_pb2.RetryInfo(
             retry_delay=duration_pb2.Duration(seconds=error.retry_after_seconds)
@@ -77,7 +81,11 @@ def status_for_unexpected() -> MappedStatus:
     return MappedStatus(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, expected=False)
 
 
-def _pack(message: error_details_pb2.BadRequest | error_details_pb2.RetryInfo) -> any_pb2.Any:
+def _pack(
+    message: error_details_pb2.BadRequest
+    | error_details_pb2.RetryInfo
+    | error_details_pb2.ErrorInfo,
+) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed

@@ -6,6 +6,7 @@ call still runs → ABORTED. Records live in the cache backend (shared by replic
 with Redis), scoped by organization and mode, the response sealed under the
 organization's data key. Secrets in a response (a new API key, a signing secret)
 are shown exactly once: a replay returns the same response with them cleared.
+Calls that redeem a single-use grant are never replayed (``MethodPolicy.redeems``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,15 @@ RECORD_TTL_SECONDS = 24 * 3600.0
 # A crashed call must not block its key for a day: the running marker expires.
 RUNNING_TTL_SECONDS = 300.0
 SECRET_RESPONSE_FIELDS = frozenset(
-    {"secret", "signing_secret", "secret_key", "live_secret_key", "access_token", "refresh_token"}
+    {
+        "secret",
+        "signing_secret",
+        "secret_key",
+        "live_secret_key",
+        "access_token",
+        "refresh_token",
+        "handoff_token",
+    }
 )
 _RUNNING = "running"
 _DONE = "done"
@@ -59,14 +68,17 @@ def _bad_key(description: str) -> errors.InvalidArgument:
 
 
 def _idempotency_key(context: aio.ServicerContext[Any, Any]) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key.lower() == HEADER:
-            if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_LENGTH:
-                raise _bad_key(f"must be 1 to {MAX_KEY_LENGTH} characters")
-            if not value.isascii() or not value.isprintable():
-                raise _bad_key("must be printable ASCII")
-            return value
-    return None
+    values = [value for key, value in context.invocation_metadata() or () if key.lower() == HEADER]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise _bad_key("must be sent once")
+    value = values[0]
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_LENGTH:
+        raise _bad_key(f"must be 1 to {MAX_KEY_LENGTH} characters")
+    if not value.isascii() or not value.isprintable():
+        raise _bad_key("must be printable ASCII")
+    return value
 
 
 def _stored_error(error: errors.FanfareError) -> dict[str, Any]:
@@ -78,6 +90,7 @@ def _stored_error(error: errors.FanfareError) -> dict[str, Any]:
             for violation in getattr(error, "violations", ())
         ],
         "retry_after": getattr(error, "retry_after_seconds", None),
+        "reason": error.reason,
     }
 
 
@@ -85,21 +98,34 @@ def _replayed_error(stored: Mapping[str, Any]) -> errors.FanfareError:
     error_type = getattr(errors, str(stored["type"]), None)
     if not (isinstance(error_type, type) and issubclass(error_type, errors.FanfareError)):
         return errors.Aborted("stored outcome unreadable; retry with a new idempotency key")
+    replayed: errors.FanfareError
     if error_type is errors.InvalidArgument:
         violations = tuple(errors.FieldViolation(f, d) for f, d in stored["violations"])
-        return errors.InvalidArgument(stored["message"], violations)
-    if error_type is errors.ResourceExhausted:
-        return errors.ResourceExhausted(stored["message"], stored["retry_after"])
-    return error_type(stored["message"])
+        replayed = errors.InvalidArgument(stored["message"], violations)
+    elif error_type is errors.ResourceExhausted:
+        replayed = errors.ResourceExhausted(stored["message"], stored["retry_after"])
+    else:
+        replayed = error_type(stored["message"])
+    replayed.reason = stored.get("reason")
+    return replayed
 
 
 def _without_secrets(response: Message) -> Message:
     redacted = type(response)()
     redacted.CopyFrom(response)
-    for field in redacted.DESCRIPTOR.fields:
-        if field.name in SECRET_RESPONSE_FIELDS:
-            redacted.ClearField(field.name)
+    _clear_secrets(redacted)
     return redacted
+
+
+def _clear_secrets(message: Message) -> None:
+    """Clear secret fields at any depth (an entry's handoff token is one too)."""
+    for field, value in message.ListFields():
+        if field.name in SECRET_RESPONSE_FIELDS:
+            message.ClearField(field.name)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            children = value if field.is_repeated else (value,)
+            for child in children:
+                _clear_secrets(child)
 
 
 class IdempotencyInterceptor(BehaviourInterceptor):
@@ -131,6 +157,7 @@ class IdempotencyInterceptor(BehaviourInterceptor):
             key is None
             or policy is None
             or not policy.mutating
+            or policy.redeems
             or principal is None
             or principal.key_kind is not KeyKind.SECRET
             or not isinstance(request, Message)

@@ -35,6 +35,7 @@ from fanfare_grpc.interceptors.wrapping import (
     StreamBehaviour,
     UnaryBehaviour,
 )
+from fanfare_grpc.logs import BUDGETED
 
 _QUIET_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 UNAVAILABLE_MESSAGE = "service temporarily unavailable, retry later"
@@ -133,6 +134,8 @@ class RequestContextInterceptor(BehaviourInterceptor):
                 "code": code.name,
                 "duration_ms": round((time.perf_counter() - state.started_at) * 1000, 3),
                 "request_id": state.request_id,
+                # Nobody vouches for a call without a principal: its line is budgeted.
+                BUDGETED: state.principal is None,
             },
         )
 
