@@ -1,11 +1,13 @@
 """Passwordless email login over real sockets, on SQLite+memory and PostgreSQL+Redis.
 
 Codes arrive through the real dev channel (server log, test mode) or, end to end,
-through a real SMTP server with STARTTLS (live mode).
+through a real SMTP server with STARTTLS (live mode). Other clients call through a
+relay that connects from another loopback address (``tests.client_relay``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import statistics
@@ -17,13 +19,15 @@ import grpc
 import pytest
 from fanfare.auth.v1 import auth_service_pb2 as auth
 from fanfare.common.v1 import common_pb2
+from grpc import aio
 from sqlalchemy import select
 
 from fanfare_grpc.crypto.aead import DecryptionError
 from fanfare_grpc.crypto.consumer_emails import ConsumerEmailVault
 from fanfare_grpc.domain.consumers import SealedEmail
-from fanfare_grpc.domain.passwordless import CODE_LIFETIME
+from fanfare_grpc.domain.passwordless import CODE_LIFETIME, LoginLimits
 from fanfare_grpc.storage.models import ConsumerRow, LoginChallengeRow
+from tests.client_relay import relayed_from
 from tests.clock import MutableClock
 from tests.conftest import BackendSettings, start_migrated_server
 from tests.consumers import ConsumerWorld, consumer_metadata, consumer_world, serving_consumer_world
@@ -31,6 +35,8 @@ from tests.grpc_helpers import bad_request_fields, bearer, expect_status
 from tests.smtp_server import RecordingHandler, make_pki, server_tls, smtp_server
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+LIMITS = LoginLimits()
 
 
 @pytest.fixture
@@ -42,6 +48,22 @@ async def world(backend: BackendSettings) -> AsyncIterator[ConsumerWorld]:
 def wrong(code: str) -> str:
     """A different 6-digit code."""
     return f"{(int(code) + 1) % 1_000_000:06d}"
+
+
+@contextlib.asynccontextmanager
+async def from_client(world: ConsumerWorld, host: str) -> AsyncIterator[ConsumerWorld]:
+    """The same world, its calls arriving from another client IP (``127.0.0.N``)."""
+    async with (
+        relayed_from(host, world.server.address) as address,
+        aio.insecure_channel(address) as channel,
+    ):
+        yield dataclasses.replace(world, channel=channel)
+
+
+async def mails_sent(world: ConsumerWorld) -> int:
+    """Codes delivered so far (delivery runs after the answer: wait for it)."""
+    await world.server.application.passwordless.drain_deliveries()
+    return len(world.codes.codes)
 
 
 async def test_login_creates_the_consumer_once_and_normalizes_the_address(
@@ -187,7 +209,7 @@ async def test_unknown_and_known_addresses_get_the_same_answer_and_latency(
     assert abs(known_median - unknown_median) < 0.5 * max(known_median, unknown_median)
 
 
-async def test_wrong_codes_across_challenges_hit_the_per_address_limit(
+async def test_wrong_codes_across_challenges_hit_the_per_address_and_device_limit(
     world: ConsumerWorld,
 ) -> None:
     for _ in range(2):
@@ -199,11 +221,14 @@ async def test_wrong_codes_across_challenges_hit_the_per_address_limit(
             )
     started = await world.start_login("olivia@example.com")
     code = await world.codes.code_for(started.challenge_id)
-    error = await expect_status(
-        world.verify_login(started.challenge_id, code), grpc.StatusCode.RESOURCE_EXHAUSTED
-    )
+    error = await expect_status(world.verify_login(started.challenge_id, code), RESOURCE_EXHAUSTED)
     trailers = dict(error.trailing_metadata() or ())
     assert int(trailers["retry-after"]) > 0
+    # Counted per (address, device): the address's other devices still log in, even
+    # from the same client.
+    mine = await world.start_login("olivia@example.com", device="device-2")
+    my_code = await world.codes.code_for(mine.challenge_id)
+    assert (await world.verify_login(mine.challenge_id, my_code, device="device-2")).access_token
 
 
 async def test_too_many_codes_for_one_address(world: ConsumerWorld) -> None:
@@ -212,6 +237,127 @@ async def test_too_many_codes_for_one_address(world: ConsumerWorld) -> None:
     await expect_status(world.start_login("peggy@example.com"), grpc.StatusCode.RESOURCE_EXHAUSTED)
     # Other addresses are unaffected.
     assert (await world.start_login("trent@example.com")).challenge_id
+
+
+async def test_another_devices_start_leaves_the_first_code_verifiable(
+    world: ConsumerWorld,
+) -> None:
+    mine = await world.start_login("uma@example.com", device="phone")
+    my_code = await world.codes.code_for(mine.challenge_id)
+    async with from_client(world, "127.0.0.2") as stranger:
+        theirs = await stranger.start_login("uma@example.com", device="attacker")
+        their_code = await world.codes.code_for(theirs.challenge_id)
+        # A challenge belongs to its device: both stay open, each for its own device.
+        assert (await stranger.verify_login(theirs.challenge_id, their_code, "attacker")).session
+    assert (await world.verify_login(mine.challenge_id, my_code, device="phone")).access_token
+
+
+async def test_starts_from_other_clients_and_devices_do_not_lock_the_address_out(
+    world: ConsumerWorld,
+) -> None:
+    victim = "xena@example.com"
+    async with from_client(world, "127.0.0.2") as stranger:
+        for index in range(LIMITS.starts_per_email_and_client.count):
+            await stranger.start_login(victim, device=f"attacker-{index}")
+        # Per (address, client): this client may not ask for this address again...
+        await expect_status(stranger.start_login(victim, device="attacker-new"), RESOURCE_EXHAUSTED)
+    async with from_client(world, "127.0.0.3") as stranger:
+        # ...and per (address, device): neither may this device, from anywhere.
+        for _ in range(LIMITS.starts_per_email_and_device.count - 1):
+            await stranger.start_login(victim, device="attacker-0")
+        await expect_status(stranger.start_login(victim, device="attacker-0"), RESOURCE_EXHAUSTED)
+    # The address itself is not locked: its owner's device and client still start.
+    started = await world.start_login(victim, device="phone")
+    code = await world.codes.code_for(started.challenge_id)
+    assert (await world.verify_login(started.challenge_id, code, device="phone")).access_token
+
+
+async def test_the_mailbox_ceiling_bounds_mails_and_delivered_codes_still_verify(
+    world: ConsumerWorld,
+) -> None:
+    victim = "yara@example.com"
+    ceiling = LIMITS.mails_per_email.count
+    mine = await world.start_login(victim, device="phone")
+    my_code = await world.codes.code_for(mine.challenge_id)
+    answers: list[auth.StartPasswordlessLoginResponse] = []
+    # Five clients, one device each, each within its own start limits: 25 more starts.
+    for client in range(2, 7):
+        async with from_client(world, f"127.0.0.{client}") as stranger:
+            for _ in range(LIMITS.starts_per_email_and_device.count):
+                answers.append(await stranger.start_login(victim, device=f"attacker-{client}"))
+    assert len(answers) + 1 > ceiling
+    assert await mails_sent(world) == ceiling
+    # Every start got the usual answer, mailed or not.
+    for answer in answers:
+        assert sorted(field.name for field, _ in answer.ListFields()) == [
+            "challenge_id",
+            "expires_at",
+        ]
+        assert answer.challenge_id.startswith("chl_")
+    # A device whose first start came past the ceiling holds a challenge no code opens.
+    unmailed = answers[-1].challenge_id
+    assert unmailed not in world.codes.codes
+    async with from_client(world, "127.0.0.6") as stranger:
+        await expect_status(
+            stranger.verify_login(unmailed, my_code, device="attacker-6"), UNAUTHENTICATED
+        )
+    # The owner's "resend" past the ceiling keeps the challenge whose code it holds.
+    again = await world.start_login(victim, device="phone")
+    assert again.challenge_id == mine.challenge_id
+    assert await mails_sent(world) == ceiling
+    assert (await world.verify_login(mine.challenge_id, my_code, device="phone")).access_token
+
+
+async def test_wrong_guesses_on_a_strangers_own_challenges_do_not_block_the_owner(
+    world: ConsumerWorld,
+) -> None:
+    victim = "zoe@example.com"
+    async with from_client(world, "127.0.0.2") as stranger:
+        # Three devices, five wrong guesses each: more than any one device may make.
+        for index in range(3):
+            device = f"attacker-{index}"
+            theirs = await stranger.start_login(victim, device=device)
+            code = await world.codes.code_for(theirs.challenge_id)
+            for _ in range(5):
+                await expect_status(
+                    stranger.verify_login(theirs.challenge_id, wrong(code), device),
+                    UNAUTHENTICATED,
+                )
+    mine = await world.start_login(victim, device="phone")
+    my_code = await world.codes.code_for(mine.challenge_id)
+    assert (await world.verify_login(mine.challenge_id, my_code, device="phone")).access_token
+
+
+async def test_five_wrong_codes_from_its_device_burn_a_challenge_other_devices_cannot(
+    world: ConsumerWorld,
+) -> None:
+    mine = await world.start_login("amy@example.com", device="phone")
+    my_code = await world.codes.code_for(mine.challenge_id)
+    async with from_client(world, "127.0.0.2") as stranger:
+        # Even knowing the challenge id, another device can neither answer nor burn it.
+        for _ in range(6):
+            await expect_status(
+                stranger.verify_login(mine.challenge_id, wrong(my_code), device="attacker"),
+                UNAUTHENTICATED,
+            )
+        await expect_status(
+            stranger.verify_login(mine.challenge_id, my_code, device="attacker"), UNAUTHENTICATED
+        )
+    for _ in range(4):
+        await expect_status(
+            world.verify_login(mine.challenge_id, wrong(my_code), device="phone"), UNAUTHENTICATED
+        )
+    assert (await world.verify_login(mine.challenge_id, my_code, device="phone")).access_token
+    # Its own device's five wrong guesses still burn a challenge.
+    burnt = await world.start_login("amy@example.com", device="tablet")
+    code = await world.codes.code_for(burnt.challenge_id)
+    for _ in range(5):
+        await expect_status(
+            world.verify_login(burnt.challenge_id, wrong(code), device="tablet"), UNAUTHENTICATED
+        )
+    await expect_status(
+        world.verify_login(burnt.challenge_id, code, device="tablet"), UNAUTHENTICATED
+    )
 
 
 async def test_too_many_codes_from_one_client(world: ConsumerWorld) -> None:

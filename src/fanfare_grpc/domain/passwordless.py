@@ -1,13 +1,20 @@
 """Passwordless email login: one-time codes, bound to a challenge and a device.
 
 - ``start``: a 6-digit code from the OS CSPRNG, stored only as a bcrypt hash, valid
-  10 minutes, single use; a new challenge for the same address voids the previous
-  one. The work done does not depend on whether the address belongs to a consumer
-  (a first login creates the consumer), so neither the answer nor its latency tells.
+  10 minutes, single use. A challenge belongs to the device that asked: a new start
+  from the same device for the same address voids that device's previous challenge
+  (the "resend code" flow), a start from any other device never does. The work done
+  does not depend on whether the address belongs to a consumer (a first login creates
+  the consumer), so neither the answer nor its latency tells.
 - ``verify``: attempts are counted before the code is checked (5 per challenge burn
-  it; per-address and per-client limits across challenges), the code is compared by
-  bcrypt (constant time), and spending the challenge is one conditional update, so
-  two correct guesses racing cannot both log in.
+  it; limits per (address, device) and per client across challenges), the code is
+  compared by bcrypt (constant time), and spending the challenge is one conditional
+  update, so two correct guesses racing cannot both log in.
+
+No limit can be spent by a stranger on someone else's behalf: starts and guesses are
+counted per (address, client) and per (address, device), never per address alone.
+The one per-address count, the mailbox ceiling, only decides whether a code is
+mailed; it never refuses a start or a verification.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import hmac
 import logging
 import secrets
 from collections.abc import Callable
@@ -58,12 +66,20 @@ class Limit:
 
 @dataclasses.dataclass(frozen=True)
 class LoginLimits:
-    """Attempt limits of the login flow (per organization and mode)."""
+    """Attempt limits of the login flow (per organization and mode).
 
-    starts_per_email: Limit = Limit(5, dt.timedelta(minutes=15))
+    A client is the keyed digest of the caller's IP, a device that of its
+    ``x-fanfare-device``, an address its blind index.
+    """
+
     starts_per_client: Limit = Limit(30, dt.timedelta(minutes=15))
-    verifications_per_email: Limit = Limit(10, dt.timedelta(minutes=15))
+    starts_per_email_and_client: Limit = Limit(5, dt.timedelta(minutes=15))
+    starts_per_email_and_device: Limit = Limit(5, dt.timedelta(minutes=15))
+    # Past it a start is still answered as usual, but its code is not mailed: an
+    # address receives at most this many codes, however many clients ask.
+    mails_per_email: Limit = Limit(20, dt.timedelta(hours=1))
     verifications_per_client: Limit = Limit(50, dt.timedelta(minutes=15))
+    verifications_per_email_and_device: Limit = Limit(10, dt.timedelta(minutes=15))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +121,21 @@ class ChallengeStore(Protocol):
     """Persistence of login challenges, scoped by organization and mode."""
 
     async def replace_challenge(self, challenge: LoginChallenge, now: dt.datetime) -> None:
-        """Void open challenges for the same address, then store ``challenge``; atomically."""
+        """Atomically void the open challenges of this address and device, store ``challenge``.
+
+        Other devices' challenges for the address stay open.
+        """
+        ...
+
+    async def open_challenge(
+        self,
+        organization_id: str,
+        mode: Mode,
+        email_index: str,
+        device_hash: str,
+        now: dt.datetime,
+    ) -> LoginChallenge | None:
+        """The newest open challenge of this address and device, if any."""
         ...
 
     async def get_challenge(
@@ -201,23 +231,41 @@ class PasswordlessLogin:
     ) -> StartedLogin:
         """Create a challenge and send its code (whether or not the address is known).
 
+        Past the address's mailbox ceiling nothing is mailed and nothing is voided: the
+        device gets its open challenge back (whose code it already has), or a challenge
+        that no code answers. The answer looks the same either way.
+
         Args:
             client_host: The caller's IP (only its keyed digest keys the limits).
 
         Raises:
             InvalidArgument: No device fingerprint.
-            ResourceExhausted: Too many codes for this address or client.
+            ResourceExhausted: Too many codes from this client, or for this address from
+                this client or this device.
             FailedPrecondition: No delivery channel for this mode.
         """
         fingerprint = device_fingerprint_required(device)
         sender = self._senders.for_mode(mode)
         normalized = normalize_email(email)
         email_index = await self._vault.blind_index(organization_id, normalized)
+        device_hash = await self._sessions.device_hash(organization_id, fingerprint)
         scope = f"login:{organization_id}:{mode.value}"
         client = await self._client_digest(organization_id, client_host)
-        await self._within(f"{scope}:start:client:{client}", self._limits.starts_per_client)
-        await self._within(f"{scope}:start:email:{email_index}", self._limits.starts_per_email)
+        limits = self._limits
+        await self._within(f"{scope}:start:client:{client}", limits.starts_per_client)
+        await self._within(
+            f"{scope}:start:email-client:{email_index}:{client}",
+            limits.starts_per_email_and_client,
+        )
+        await self._within(
+            f"{scope}:start:email-device:{email_index}:{device_hash}",
+            limits.starts_per_email_and_device,
+        )
         now = self._clock()
+        # Counted only for starts that passed the limits above, so refused starts
+        # cannot fill the mailbox.
+        if not await self._below(f"{scope}:mail:email:{email_index}", limits.mails_per_email):
+            return await self._unmailed(organization_id, mode, email_index, device_hash, now)
         code = new_code()
         challenge_id = ids.new_id(CHALLENGE_PREFIX)
         challenge = LoginChallenge(
@@ -228,7 +276,7 @@ class PasswordlessLogin:
             email_ciphertext=await self._vault.seal_for_challenge(
                 organization_id, challenge_id, normalized
             ),
-            device_hash=await self._sessions.device_hash(organization_id, fingerprint),
+            device_hash=device_hash,
             code_hash=await asyncio.to_thread(hash_code, code),
             created_at=now,
             expires_at=now + CODE_LIFETIME,
@@ -246,6 +294,29 @@ class PasswordlessLogin:
             ),
         )
         return StartedLogin(challenge_id, challenge.expires_at)
+
+    async def _unmailed(
+        self,
+        organization_id: str,
+        mode: Mode,
+        email_index: str,
+        device_hash: str,
+        now: dt.datetime,
+    ) -> StartedLogin:
+        # The ceiling only bounds mails: refusing the start (or voiding anything)
+        # would let whoever fills a mailbox lock its owner out. A "resend" from a
+        # device holding a delivered code keeps that challenge, so the code still
+        # works; a new challenge would have no code at all, so none is stored.
+        self._logger.warning(
+            "login code not mailed: the address reached its mailbox ceiling",
+            extra={"organization_id": organization_id},
+        )
+        mine = await self._challenges.open_challenge(
+            organization_id, mode, email_index, device_hash, now
+        )
+        if mine is not None:
+            return StartedLogin(mine.challenge_id, mine.expires_at)
+        return StartedLogin(ids.new_id(CHALLENGE_PREFIX), now + CODE_LIFETIME)
 
     def _deliver(self, sender: CodeSender, message: LoginCodeMessage) -> None:
         # Delivery runs after the answer: its latency (SMTP) and its failures must
@@ -286,7 +357,8 @@ class PasswordlessLogin:
         Raises:
             Unauthenticated: Unknown, expired, spent, voided or burnt challenge, wrong
                 code, or another device (one message for all).
-            ResourceExhausted: Too many attempts for this address or client.
+            ResourceExhausted: Too many attempts from this client, or for this address
+                from this device.
             InvalidArgument: No device fingerprint.
         """
         fingerprint = device_fingerprint_required(device)
@@ -297,16 +369,19 @@ class PasswordlessLogin:
         now = self._clock()
         if challenge is None or not challenge.open_at(now):
             raise errors.Unauthenticated(INVALID_CODE)
+        device_hash = await self._sessions.device_hash(organization_id, fingerprint)
         await self._within(
-            f"{scope}:verify:email:{challenge.email_index}",
-            self._limits.verifications_per_email,
+            f"{scope}:verify:email-device:{challenge.email_index}:{device_hash}",
+            self._limits.verifications_per_email_and_device,
         )
+        # Another device can never answer this challenge, so its guesses must not
+        # burn it either.
+        if not hmac.compare_digest(device_hash, challenge.device_hash):
+            raise errors.Unauthenticated(INVALID_CODE)
         # Counted before the comparison, so concurrent guesses cannot exceed 5.
         if not await self._challenges.count_attempt(organization_id, mode, challenge_id, now):
             raise errors.Unauthenticated(INVALID_CODE)
-        device_hash = await self._sessions.device_hash(organization_id, fingerprint)
-        matches = await asyncio.to_thread(code_matches, code, challenge.code_hash)
-        if not matches or device_hash != challenge.device_hash:
+        if not await asyncio.to_thread(code_matches, code, challenge.code_hash):
             raise errors.Unauthenticated(INVALID_CODE)
         if not await self._challenges.consume(organization_id, mode, challenge_id, now):
             raise errors.Unauthenticated(INVALID_CODE)
@@ -335,3 +410,8 @@ class PasswordlessLogin:
                 "too many attempts, try again later",
                 retry_after_seconds=max(1, int(counted.ttl_seconds + 0.999)),
             )
+
+    async def _below(self, key: str, limit: Limit) -> bool:
+        """Count one event; False once the window holds more than ``limit.count``."""
+        counted = await self._counters.increment(key, 1, limit.window.total_seconds())
+        return counted.value <= limit.count

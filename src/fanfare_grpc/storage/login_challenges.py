@@ -61,6 +61,9 @@ class SqlChallengeStore:
                     LoginChallengeRow.org_id == challenge.organization_id,
                     LoginChallengeRow.mode == challenge.mode.value,
                     LoginChallengeRow.email_index == challenge.email_index,
+                    # Only the same device's: a start from anywhere else must not
+                    # void a code its owner is about to type.
+                    LoginChallengeRow.device_hash == challenge.device_hash,
                     LoginChallengeRow.consumed_at.is_(None),
                     LoginChallengeRow.voided_at.is_(None),
                 )
@@ -88,6 +91,29 @@ class SqlChallengeStore:
         async with self._database.transaction(organization_id) as session:
             row = await session.scalar(
                 select(LoginChallengeRow).where(*_identity(organization_id, mode, challenge_id))
+            )
+            return None if row is None else _challenge(row)
+
+    async def open_challenge(
+        self,
+        organization_id: str,
+        mode: Mode,
+        email_index: str,
+        device_hash: str,
+        now: dt.datetime,
+    ) -> LoginChallenge | None:
+        async with self._database.transaction(organization_id) as session:
+            row = await session.scalar(
+                select(LoginChallengeRow)
+                .where(
+                    LoginChallengeRow.org_id == organization_id,
+                    LoginChallengeRow.mode == mode.value,
+                    LoginChallengeRow.email_index == email_index,
+                    LoginChallengeRow.device_hash == device_hash,
+                    *_open(now),
+                )
+                .order_by(LoginChallengeRow.created_at.desc())
+                .limit(1)
             )
             return None if row is None else _challenge(row)
 

@@ -146,11 +146,14 @@ class AuthServiceServicer:
 
     def StartPasswordlessLogin(self, request, context):
         """Sends a one-time 6-digit code to an email address; the answer is the same whether or
-        not the address is known. A new challenge voids the previous code for that address.
+        not the address is known. A new challenge voids the previous code of the same device
+        for that address, never another device's. Past the address's mailbox ceiling the
+        answer is unchanged but no code is mailed (a device with an open challenge gets
+        that challenge back).
         Caller: pk, with `x-fanfare-device` metadata (the challenge is bound to the device).
         Errors: UNAUTHENTICATED (key missing/invalid), PERMISSION_DENIED (not a pk),
-        INVALID_ARGUMENT (bad email, no device fingerprint), RESOURCE_EXHAUSTED (per-email
-        or per-IP limit), UNAVAILABLE.
+        INVALID_ARGUMENT (bad email, no device fingerprint), RESOURCE_EXHAUSTED (per-IP,
+        per email and IP, or per email and device limit), UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,11 +161,12 @@ class AuthServiceServicer:
 
     def VerifyPasswordlessLogin(self, request, context):
         """Checks a one-time code and, on success, creates or finds the consumer and opens a
-        session bound to the device. Five wrong codes burn the challenge.
+        session bound to the device. Five wrong codes from its device burn the challenge.
         Caller: pk, with the `x-fanfare-device` the challenge was started with.
         Errors: UNAUTHENTICATED (key invalid; wrong, used, expired or burned code, unknown
         challenge, other device), PERMISSION_DENIED (not a pk), INVALID_ARGUMENT (malformed
-        id or code), RESOURCE_EXHAUSTED (attempt limits), UNAVAILABLE.
+        id or code), RESOURCE_EXHAUSTED (per-IP or per email and device attempt limits),
+        UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -76,19 +76,23 @@ class AuthServiceStub:
     """
     StartPasswordlessLogin: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.StartPasswordlessLoginRequest, _auth_service_pb2.StartPasswordlessLoginResponse]
     """Sends a one-time 6-digit code to an email address; the answer is the same whether or
-    not the address is known. A new challenge voids the previous code for that address.
+    not the address is known. A new challenge voids the previous code of the same device
+    for that address, never another device's. Past the address's mailbox ceiling the
+    answer is unchanged but no code is mailed (a device with an open challenge gets
+    that challenge back).
     Caller: pk, with `x-fanfare-device` metadata (the challenge is bound to the device).
     Errors: UNAUTHENTICATED (key missing/invalid), PERMISSION_DENIED (not a pk),
-    INVALID_ARGUMENT (bad email, no device fingerprint), RESOURCE_EXHAUSTED (per-email
-    or per-IP limit), UNAVAILABLE.
+    INVALID_ARGUMENT (bad email, no device fingerprint), RESOURCE_EXHAUSTED (per-IP,
+    per email and IP, or per email and device limit), UNAVAILABLE.
     """
     VerifyPasswordlessLogin: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.VerifyPasswordlessLoginRequest, _auth_service_pb2.VerifyPasswordlessLoginResponse]
     """Checks a one-time code and, on success, creates or finds the consumer and opens a
-    session bound to the device. Five wrong codes burn the challenge.
+    session bound to the device. Five wrong codes from its device burn the challenge.
     Caller: pk, with the `x-fanfare-device` the challenge was started with.
     Errors: UNAUTHENTICATED (key invalid; wrong, used, expired or burned code, unknown
     challenge, other device), PERMISSION_DENIED (not a pk), INVALID_ARGUMENT (malformed
-    id or code), RESOURCE_EXHAUSTED (attempt limits), UNAVAILABLE.
+    id or code), RESOURCE_EXHAUSTED (per-IP or per email and device attempt limits),
+    UNAVAILABLE.
     """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetJwksRequest, _auth_service_pb2.GetJwksResponse]
     """Returns the public keys (JWKS) that verify consumer access tokens and handoff tokens
@@ -145,19 +149,23 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """
     StartPasswordlessLogin: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.StartPasswordlessLoginRequest, _auth_service_pb2.StartPasswordlessLoginResponse]  # type: ignore[assignment]
     """Sends a one-time 6-digit code to an email address; the answer is the same whether or
-    not the address is known. A new challenge voids the previous code for that address.
+    not the address is known. A new challenge voids the previous code of the same device
+    for that address, never another device's. Past the address's mailbox ceiling the
+    answer is unchanged but no code is mailed (a device with an open challenge gets
+    that challenge back).
     Caller: pk, with `x-fanfare-device` metadata (the challenge is bound to the device).
     Errors: UNAUTHENTICATED (key missing/invalid), PERMISSION_DENIED (not a pk),
-    INVALID_ARGUMENT (bad email, no device fingerprint), RESOURCE_EXHAUSTED (per-email
-    or per-IP limit), UNAVAILABLE.
+    INVALID_ARGUMENT (bad email, no device fingerprint), RESOURCE_EXHAUSTED (per-IP,
+    per email and IP, or per email and device limit), UNAVAILABLE.
     """
     VerifyPasswordlessLogin: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.VerifyPasswordlessLoginRequest, _auth_service_pb2.VerifyPasswordlessLoginResponse]  # type: ignore[assignment]
     """Checks a one-time code and, on success, creates or finds the consumer and opens a
-    session bound to the device. Five wrong codes burn the challenge.
+    session bound to the device. Five wrong codes from its device burn the challenge.
     Caller: pk, with the `x-fanfare-device` the challenge was started with.
     Errors: UNAUTHENTICATED (key invalid; wrong, used, expired or burned code, unknown
     challenge, other device), PERMISSION_DENIED (not a pk), INVALID_ARGUMENT (malformed
-    id or code), RESOURCE_EXHAUSTED (attempt limits), UNAVAILABLE.
+    id or code), RESOURCE_EXHAUSTED (per-IP or per email and device attempt limits),
+    UNAVAILABLE.
     """
     GetJwks: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetJwksRequest, _auth_service_pb2.GetJwksResponse]  # type: ignore[assignment]
     """Returns the public keys (JWKS) that verify consumer access tokens and handoff tokens
@@ -247,11 +255,14 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.StartPasswordlessLoginResponse, _abc.Awaitable[_auth_service_pb2.StartPasswordlessLoginResponse]]:
         """Sends a one-time 6-digit code to an email address; the answer is the same whether or
-        not the address is known. A new challenge voids the previous code for that address.
+        not the address is known. A new challenge voids the previous code of the same device
+        for that address, never another device's. Past the address's mailbox ceiling the
+        answer is unchanged but no code is mailed (a device with an open challenge gets
+        that challenge back).
         Caller: pk, with `x-fanfare-device` metadata (the challenge is bound to the device).
         Errors: UNAUTHENTICATED (key missing/invalid), PERMISSION_DENIED (not a pk),
-        INVALID_ARGUMENT (bad email, no device fingerprint), RESOURCE_EXHAUSTED (per-email
-        or per-IP limit), UNAVAILABLE.
+        INVALID_ARGUMENT (bad email, no device fingerprint), RESOURCE_EXHAUSTED (per-IP,
+        per email and IP, or per email and device limit), UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -261,11 +272,12 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.VerifyPasswordlessLoginResponse, _abc.Awaitable[_auth_service_pb2.VerifyPasswordlessLoginResponse]]:
         """Checks a one-time code and, on success, creates or finds the consumer and opens a
-        session bound to the device. Five wrong codes burn the challenge.
+        session bound to the device. Five wrong codes from its device burn the challenge.
         Caller: pk, with the `x-fanfare-device` the challenge was started with.
         Errors: UNAUTHENTICATED (key invalid; wrong, used, expired or burned code, unknown
         challenge, other device), PERMISSION_DENIED (not a pk), INVALID_ARGUMENT (malformed
-        id or code), RESOURCE_EXHAUSTED (attempt limits), UNAVAILABLE.
+        id or code), RESOURCE_EXHAUSTED (per-IP or per email and device attempt limits),
+        UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
