@@ -49,6 +49,8 @@ async def test_orgs_create_rejects_a_bad_name(tmp_path: Path) -> None:
         assert code == 1
         assert stdout == ""
         assert "invalid organization name" in stderr
+        if name.strip() and len(name) <= 200:
+            assert "name must not contain control or bidirectional" in stderr
 
 
 async def test_commands_refuse_an_unmigrated_database(tmp_path: Path) -> None:
