@@ -168,7 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fanfare-grpc: {error}", file=sys.stderr)
         return 1
     except errors.FanfareError as error:
-        print(f"fanfare-grpc: {error.message}", file=sys.stderr)
+        violations = error.violations if isinstance(error, errors.InvalidArgument) else ()
+        details = "".join(f"; {v.field} {v.description}" for v in violations)
+        print(f"fanfare-grpc: {error.message}{details}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -27,7 +27,8 @@ from fanfare_grpc.logs import QUIET_LOGGERS, JsonFormatter, configure_logging
 from fanfare_grpc.server import RunningServer
 from tests.clock import MutableClock
 from tests.conftest import BackendSettings, new_organization, start_migrated_server
-from tests.grpc_helpers import bearer, run_grpcurl
+from tests.display_names import SAFE_NAMES, UNSAFE_NAMES
+from tests.grpc_helpers import bad_request_fields, bearer, run_grpcurl
 
 SECRET = common_pb2.API_KEY_KIND_SECRET
 PUBLISHABLE = common_pb2.API_KEY_KIND_PUBLISHABLE
@@ -352,6 +353,20 @@ async def test_bad_names_are_invalid_with_a_field_violation(world: World, name: 
     bad_request = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(bad_request)
     assert [violation.field for violation in bad_request.field_violations] == ["name"]
+
+
+async def test_names_with_control_or_bidi_characters_are_invalid(world: World) -> None:
+    for name in UNSAFE_NAMES:
+        with pytest.raises(aio.AioRpcError) as failure:
+            await world.create_key(world.admin, name=name)
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, repr(name)
+        assert bad_request_fields(failure.value) == ["name"], repr(name)
+    for name in SAFE_NAMES:
+        created = await world.create_key(world.admin, name=name)
+        assert created.api_key.name == name
+    listed = await world.list_keys(world.admin, page_size=100)
+    assert {key.name for key in listed.api_keys} >= set(SAFE_NAMES)
+    assert not {key.name for key in listed.api_keys} & set(UNSAFE_NAMES)
 
 
 async def test_role_must_match_kind(world: World) -> None:

@@ -43,11 +43,14 @@ async def test_orgs_create_json_prints_exactly_one_object(tmp_path: Path) -> Non
 async def test_orgs_create_rejects_a_bad_name(tmp_path: Path) -> None:
     env = process_env(tmp_path)
     assert (await run_cli("migrate", env=env))[0] == 0
-    for name in ("", "   ", "x" * 201):
+    # A command line cannot carry NUL; the other controls and bidi overrides can.
+    for name in ("", "   ", "x" * 201, "Evil \u202eCorp", "a\x1b[2Jb", "\u2066Acme"):
         code, stdout, stderr = await run_cli("orgs", "create", "--name", name, "--json", env=env)
         assert code == 1
         assert stdout == ""
         assert "invalid organization name" in stderr
+        if name.strip() and len(name) <= 200:
+            assert "name must not contain control or bidirectional" in stderr
 
 
 async def test_commands_refuse_an_unmigrated_database(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from grpc import aio
 
 from fanfare_grpc.server import RunningServer
 from tests.conftest import embedded_settings, new_organization, start_migrated_server
-from tests.grpc_helpers import bearer
+from tests.display_names import SAFE_NAMES, UNSAFE_NAMES
+from tests.grpc_helpers import bad_request_fields, bearer
 from tests.tls_certs import CertificateAuthority, Issued
 
 PLATFORM_IDENTITY = "spiffe://fanfare.internal/provisioning"
@@ -122,3 +123,18 @@ async def test_create_organization_validates_the_name(mtls_server: RunningServer
         with pytest.raises(aio.AioRpcError) as failure:
             await stub.CreateOrganization(auth.CreateOrganizationRequest(name=""))
         assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_organization_names_refuse_control_and_bidi_characters(
+    mtls_server: RunningServer, pki: Pki
+) -> None:
+    async with _channel(mtls_server, pki, pki.platform_client) as channel:
+        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+        for name in UNSAFE_NAMES:
+            with pytest.raises(aio.AioRpcError) as failure:
+                await stub.CreateOrganization(auth.CreateOrganizationRequest(name=name))
+            assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, repr(name)
+            assert bad_request_fields(failure.value) == ["name"], repr(name)
+        for name in SAFE_NAMES:
+            created = await stub.CreateOrganization(auth.CreateOrganizationRequest(name=name))
+            assert created.organization.name == name

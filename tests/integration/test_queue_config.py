@@ -15,8 +15,11 @@ from fanfare.queue.v1 import queue_service_pb2 as queues
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from fanfare_grpc.domain import events
+from fanfare_grpc.domain.queues import QueueChanges
+from fanfare_grpc.errors import InvalidArgument
 from tests.conftest import BackendSettings
 from tests.consumers import consumer_metadata, serving_consumer_world
+from tests.display_names import SAFE_NAMES, UNSAFE_NAMES
 from tests.grpc_helpers import bad_request_fields, bearer, expect_status
 from tests.queues import QueueWorld, timestamp
 
@@ -364,3 +367,117 @@ async def test_concurrent_transitions_have_one_winner(qw: QueueWorld) -> None:
     # call (ABORTED, retry); never a second opening.
     assert {error.code() for error in refused} <= {FAILED_PRECONDITION, grpc.StatusCode.ABORTED}
     assert len(qw.world.server.application.events.of_type(events.QUEUE_OPENED)) == 1
+
+
+async def test_update_mask_sub_paths_are_invalid(qw: QueueWorld) -> None:
+    queue = (await qw.create(name="before")).queue
+    for path in (
+        "name.x",
+        "max_size.value",
+        "admission_rate_per_minute.x",
+        "opens_at.seconds",
+        "handoff_ttl.nanos",
+    ):
+        error = await expect_status(
+            qw.stub.UpdateQueue(
+                queues.UpdateQueueRequest(
+                    queue_id=queue.queue_id,
+                    name="after",
+                    max_size=5,
+                    update_mask=field_mask_pb2.FieldMask(paths=[path]),
+                ),
+                metadata=qw.operator(),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert bad_request_fields(error) == ["update_mask"], path
+        # The service refuses it too, whoever calls it (not only through protovalidate).
+        with pytest.raises(InvalidArgument) as refused:
+            await qw.world.server.application.queue_config.update(
+                qw.world.acme.organization.organization.organization_id,
+                "test",
+                queue.queue_id,
+                QueueChanges(fields=frozenset({path}), name="after", max_size=5),
+            )
+        assert [v.field for v in refused.value.violations] == ["update_mask"]
+    got = await qw.stub.GetQueue(
+        queues.GetQueueRequest(queue_id=queue.queue_id), metadata=qw.operator()
+    )
+    assert got.queue == queue
+
+
+async def test_a_draft_queue_closes_at_its_closes_at(qw: QueueWorld) -> None:
+    clock = qw.world.clock
+    created = await qw.create(closes_at=timestamp(clock() + dt.timedelta(minutes=10)))
+    queue_id = created.queue.queue_id
+    assert created.queue.status == queue_pb2.QUEUE_STATUS_DRAFT
+    worker = qw.world.server.application.queue_worker
+    recorded = qw.world.server.application.events
+    await worker.run_once()
+    clock.advance(dt.timedelta(minutes=10, seconds=1))
+    # Past its closes_at a draft cannot be opened any more ...
+    await expect_status(
+        qw.stub.OpenQueue(queues.OpenQueueRequest(queue_id=queue_id), metadata=qw.operator()),
+        FAILED_PRECONDITION,
+    )
+    # ... nor given a closes_at in the past ...
+    error = await expect_status(
+        qw.stub.UpdateQueue(
+            queues.UpdateQueueRequest(
+                queue_id=queue_id,
+                closes_at=timestamp(clock() - dt.timedelta(seconds=1)),
+                update_mask=field_mask_pb2.FieldMask(paths=["closes_at"]),
+            ),
+            metadata=qw.operator(),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert bad_request_fields(error) == ["closes_at"]
+    # ... and the worker closes it, once, however many workers pass.
+    await worker.run_once()
+    await worker.run_once()
+    got = await qw.stub.GetQueue(queues.GetQueueRequest(queue_id=queue_id), metadata=qw.operator())
+    assert got.queue.status == queue_pb2.QUEUE_STATUS_CLOSED
+    assert [e.data["queue_id"] for e in recorded.of_type(events.QUEUE_CLOSED)] == [queue_id]
+    assert recorded.of_type(events.QUEUE_OPENED) == []
+    # A draft without closes_at is left alone.
+    draft = (await qw.create()).queue.queue_id
+    clock.advance(dt.timedelta(days=30))
+    await worker.run_once()
+    got = await qw.stub.GetQueue(queues.GetQueueRequest(queue_id=draft), metadata=qw.operator())
+    assert got.queue.status == queue_pb2.QUEUE_STATUS_DRAFT
+
+
+async def test_queue_names_refuse_control_and_bidi_characters(qw: QueueWorld) -> None:
+    queue_id = (await qw.create(name="plain")).queue.queue_id
+    rename = field_mask_pb2.FieldMask(paths=["name"])
+    for name in UNSAFE_NAMES:
+        created = await expect_status(
+            qw.stub.CreateQueue(
+                queues.CreateQueueRequest(name=name, admission_rate_per_minute=1),
+                metadata=qw.operator(),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert bad_request_fields(created) == ["name"], repr(name)
+        updated = await expect_status(
+            qw.stub.UpdateQueue(
+                queues.UpdateQueueRequest(queue_id=queue_id, name=name, update_mask=rename),
+                metadata=qw.operator(),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert bad_request_fields(updated) == ["name"], repr(name)
+    for name in SAFE_NAMES:
+        assert (await qw.create(name=name)).queue.name == name
+        renamed = await qw.stub.UpdateQueue(
+            queues.UpdateQueueRequest(queue_id=queue_id, name=name, update_mask=rename),
+            metadata=qw.operator(),
+        )
+        assert renamed.queue.name == name
+    # Shoppers see the name as it was stored.
+    public = await qw.stub.GetQueue(
+        queues.GetQueueRequest(queue_id=queue_id),
+        metadata=bearer(qw.world.acme.publishable_key),
+    )
+    assert public.queue.name == SAFE_NAMES[-1]

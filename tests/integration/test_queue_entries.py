@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import datetime as dt
 import json
+import re
 from collections.abc import AsyncIterator
 
 import grpc
@@ -447,3 +448,34 @@ async def test_an_arrival_after_opens_at_never_joins_the_pre_queue(qw: QueueWorl
         organization_id, "test", queue_id, "cons_late"
     )
     assert late_position.position == 2
+
+
+async def test_handoff_token_ids_are_random_not_a_count_of_admissions(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue()
+    shoppers = [await qw.shopper(f"device-{i}") for i in range(4)]
+    for shopper in shoppers:
+        await qw.enter(queue_id, shopper)
+    jtis: list[str] = []
+    for shopper in shoppers:  # one admission after another
+        assert await qw.admit(queue_id, 1) == 1
+        token = (await qw.position(queue_id, shopper)).entry.handoff_token
+        again = (await qw.position(queue_id, shopper)).entry.handoff_token
+        jti = claims_of(token)["jti"]
+        assert claims_of(again)["jti"] == jti  # every copy of one grant: one jti
+        assert isinstance(jti, str)
+        jtis.append(jti)
+    assert len(set(jtis)) == len(jtis)
+    values = []
+    for jti in jtis:
+        assert re.fullmatch(r"ht_[A-Za-z0-9_-]{22}", jti), jti
+        raw = base64.urlsafe_b64decode(jti.removeprefix("ht_") + "==")
+        assert len(raw) == 16  # 128 bits
+        values.append(int.from_bytes(raw, "big"))
+    # Unrelated: any two differ in about half their bits, never by a small step.
+    for index, value in enumerate(values):
+        for other in values[index + 1 :]:
+            assert (value ^ other).bit_count() >= 32
+            assert abs(value - other) > 2**64
+    # Still redeemed once each.
+    first = await qw.validate((await qw.position(queue_id, shoppers[0])).entry.handoff_token)
+    assert first.valid

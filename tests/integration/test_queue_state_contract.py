@@ -16,6 +16,7 @@ from redis.crc import key_slot
 
 from fanfare_grpc.cache.memory import MemoryCache
 from fanfare_grpc.cache.redis import RedisCache
+from fanfare_grpc.crypto.handoff_tokens import new_handoff_token_id
 from fanfare_grpc.domain.queue_state import (
     EnterOutcome,
     EnterResult,
@@ -34,6 +35,11 @@ OTHER_QUEUE = QueueRef("org_1", "live", "queue_2")
 T0 = 1_700_000_000.1234567
 TTL = 30.0
 NEXT = -1.0  # "next in line"
+
+
+def token_ids(count: int) -> list[str]:
+    """Fresh handoff token ids, as the domain draws them for ``count`` admissions."""
+    return [new_handoff_token_id() for _ in range(count)]
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -101,7 +107,7 @@ async def status_of(store: QueueStateStore, consumer: str) -> EntryStatus | None
 async def admit_one(store: QueueStateStore, consumer: str, now: float = T0) -> EntryRecord:
     """Enter ``consumer`` and admit it (the queue must be otherwise empty)."""
     await enter_all(store, consumer)
-    (admitted,) = await store.admit(QUEUE, 1, now, TTL)
+    (admitted,) = await store.admit(QUEUE, token_ids(1), now, TTL)
     assert admitted.consumer_id == consumer
     return admitted
 
@@ -199,7 +205,7 @@ async def test_a_returning_consumer_gets_a_new_token(store: QueueStateStore) -> 
         await store.redeem(QUEUE, "alice", first.handoff_token_id, T0 + 1)
     ).outcome is RedeemOutcome.INVALID
     await enter(store, "alice")
-    (second,) = await store.admit(QUEUE, 1, T0 + 2, TTL)
+    (second,) = await store.admit(QUEUE, token_ids(1), T0 + 2, TTL)
     assert second.handoff_token_id not in (None, first.handoff_token_id)
     assert (
         await store.redeem(QUEUE, "alice", first.handoff_token_id, T0 + 3)
@@ -216,7 +222,7 @@ async def test_a_device_is_taken_while_another_consumer_is_queued_or_admitted(
     assert taken == EnterResult(EnterOutcome.DEVICE_TAKEN)
     assert await store.view(QUEUE, "bob") is None
 
-    await store.admit(QUEUE, 1, T0, TTL)
+    await store.admit(QUEUE, token_ids(1), T0, TTL)
     assert (await enter(store, "bob", device="shared")).outcome is EnterOutcome.DEVICE_TAKEN
 
     await store.complete(QUEUE, "alice", T0 + 1)
@@ -231,7 +237,7 @@ async def test_a_device_is_taken_while_another_consumer_is_queued_or_admitted(
 async def test_ending_an_entry_releases_its_device(store: QueueStateStore, ending: str) -> None:
     await enter(store, "alice", device="shared")
     if not ending.endswith("_queued"):
-        await store.admit(QUEUE, 1, T0, TTL)
+        await store.admit(QUEUE, token_ids(1), T0, TTL)
     assert (await enter(store, "bob", device="shared")).outcome is EnterOutcome.DEVICE_TAKEN
 
     if ending.startswith("leave"):
@@ -266,7 +272,7 @@ async def test_full_when_max_size_consumers_are_waiting(store: QueueStateStore) 
     assert (await enter(store, "d", max_size=None)).outcome is EnterOutcome.ENTERED
     assert (await enter(store, "c", max_size=3)).outcome is EnterOutcome.FULL
     # Admitted consumers are no longer waiting.
-    await store.admit(QUEUE, 2, T0, TTL)
+    await store.admit(QUEUE, token_ids(2), T0, TTL)
     assert (await enter(store, "c", max_size=3)).outcome is EnterOutcome.ENTERED
     assert (await enter(store, "e", max_size=0)).outcome is EnterOutcome.FULL
 
@@ -282,7 +288,7 @@ async def test_next_in_line_comes_after_pre_queue_entrants_first_in_first_out(
     await enter(store, "late-3", score=NEXT)
     order = ["pre-low", "pre-mid", "pre-high", "late-1", "late-2", "late-3"]
     assert await ranks(store, *order) == [0, 1, 2, 3, 4, 5]
-    admitted = await store.admit(QUEUE, 10, T0, TTL)
+    admitted = await store.admit(QUEUE, token_ids(10), T0, TTL)
     assert [entry.consumer_id for entry in admitted] == order
 
 
@@ -290,7 +296,10 @@ async def test_equal_scores_are_ordered_by_consumer_id(store: QueueStateStore) -
     await enter(store, "bob", score=0.5)
     await enter(store, "alice", score=0.5)
     assert await ranks(store, "alice", "bob") == [0, 1]
-    assert [e.consumer_id for e in await store.admit(QUEUE, 2, T0, TTL)] == ["alice", "bob"]
+    assert [e.consumer_id for e in await store.admit(QUEUE, token_ids(2), T0, TTL)] == [
+        "alice",
+        "bob",
+    ]
 
 
 async def test_text_of_any_kind_round_trips(store: QueueStateStore) -> None:
@@ -298,7 +307,7 @@ async def test_text_of_any_kind_round_trips(store: QueueStateStore) -> None:
     result = await store.enter(QUEUE, entry, score=NEXT, max_size=None)
     assert result.view is not None
     assert result.view.entry == entry
-    (admitted,) = await store.admit(QUEUE, 1, T0, TTL)
+    (admitted,) = await store.admit(QUEUE, token_ids(1), T0, TTL)
     assert (
         dataclasses.replace(
             admitted,
@@ -317,7 +326,7 @@ async def test_ranks_follow_admissions_and_departures(store: QueueStateStore) ->
     assert await ranks(store, "a", "b", "c", "d", "e") == [0, 1, 2, 3, 4]
     await store.leave(QUEUE, "c", T0)
     assert await ranks(store, "a", "b", "c", "d", "e") == [0, 1, None, 2, 3]
-    await store.admit(QUEUE, 1, T0, TTL)
+    await store.admit(QUEUE, token_ids(1), T0, TTL)
     assert await ranks(store, "a", "b", "c", "d", "e") == [None, 0, None, 1, 2]
     await store.deny(QUEUE, "d", T0)
     assert await ranks(store, "b", "e") == [0, 1]
@@ -339,7 +348,7 @@ async def test_views_answers_for_many_consumers_in_order(store: QueueStateStore)
     assert await store.views(QUEUE, []) == []
     assert await store.views(QUEUE, ["x", "y"]) == [None, None]
     await enter_all(store, "a", "b", "c")
-    await store.admit(QUEUE, 1, T0, TTL)
+    await store.admit(QUEUE, token_ids(1), T0, TTL)
     views = await store.views(QUEUE, ["c", "unknown", "a", "b", "c"])
     assert [None if v is None else (v.entry.consumer_id, v.rank) for v in views] == [
         ("c", 1),
@@ -362,7 +371,7 @@ async def test_admit_takes_the_lowest_scores_and_fills_in_the_handoff(
     await enter(store, "a", score=0.1)
     await enter(store, "c", score=NEXT)
     now = T0 + 10.5
-    admitted = await store.admit(QUEUE, 2, now, TTL)
+    admitted = await store.admit(QUEUE, token_ids(2), now, TTL)
     assert [entry.consumer_id for entry in admitted] == ["a", "b"]
     for entry in admitted:
         assert entry.status is EntryStatus.ADMITTED
@@ -379,27 +388,46 @@ async def test_admit_takes_the_lowest_scores_and_fills_in_the_handoff(
         assert view.rank is None
     assert admitted[0].handoff_token_id != admitted[1].handoff_token_id
 
-    assert [e.consumer_id for e in await store.admit(QUEUE, 5, now, TTL)] == ["c"]
-    assert await store.admit(QUEUE, 5, now, TTL) == []
-    assert await store.admit(OTHER_QUEUE, 5, now, TTL) == []
+    assert [e.consumer_id for e in await store.admit(QUEUE, token_ids(5), now, TTL)] == ["c"]
+    assert await store.admit(QUEUE, token_ids(5), now, TTL) == []
+    assert await store.admit(OTHER_QUEUE, token_ids(5), now, TTL) == []
 
 
 async def test_admit_nothing_for_a_count_of_zero(store: QueueStateStore) -> None:
     await enter_all(store, "a")
-    assert await store.admit(QUEUE, 0, T0, TTL) == []
+    assert await store.admit(QUEUE, token_ids(0), T0, TTL) == []
     assert await ranks(store, "a") == [0]
 
 
 async def test_token_ids_are_unique_per_admission(store: QueueStateStore) -> None:
     await enter_all(store, *(f"c{i}" for i in range(20)))
-    tokens = [e.handoff_token_id for e in await store.admit(QUEUE, 20, T0, TTL)]
+    tokens = [e.handoff_token_id for e in await store.admit(QUEUE, token_ids(20), T0, TTL)]
     for i in range(5):
         await store.leave(QUEUE, f"c{i}", T0)
         await enter_all(store, f"c{i}")
-    tokens += [e.handoff_token_id for e in await store.admit(QUEUE, 20, T0 + 1, TTL)]
+    tokens += [e.handoff_token_id for e in await store.admit(QUEUE, token_ids(20), T0 + 1, TTL)]
     assert len(tokens) == 25
     assert None not in tokens
     assert len(set(tokens)) == 25
+
+
+async def test_admission_takes_the_callers_token_ids_in_order(store: QueueStateStore) -> None:
+    # The ids are the caller's random draws, never a counter of the store's: a
+    # sequential jti would tell each token holder how many were admitted before.
+    await enter_all(store, "a", "b", "c")
+    given = ["ht_first", "ht_second", "ht_third", "ht_unused"]
+    admitted = await store.admit(QUEUE, given, T0, TTL)
+    assert [(e.consumer_id, e.handoff_token_id) for e in admitted] == [
+        ("a", "ht_first"),
+        ("b", "ht_second"),
+        ("c", "ht_third"),
+    ]
+    view = await store.view(QUEUE, "b")
+    assert view is not None and view.entry.handoff_token_id == "ht_second"
+    assert (await store.redeem(QUEUE, "b", "ht_second", T0 + 1)).outcome is RedeemOutcome.OK
+    assert (await store.redeem(QUEUE, "c", "ht_first", T0 + 1)).outcome is RedeemOutcome.INVALID
+    # More ids than waiting consumers: only as many admissions as there were waiting.
+    assert (await store.counters(QUEUE, T0 + 1, 60)).admitted_recently == 3
 
 
 # expire_admissions
@@ -409,9 +437,9 @@ async def test_expire_admissions_ends_unredeemed_tokens_oldest_first(
     store: QueueStateStore,
 ) -> None:
     await enter_all(store, "a", "b", "c", "d", "e")
-    await store.admit(QUEUE, 1, T0, TTL)  # a
-    await store.admit(QUEUE, 2, T0 + 1, TTL)  # b, c
-    await store.admit(QUEUE, 1, T0 + 100, TTL)  # d (expires much later)
+    await store.admit(QUEUE, token_ids(1), T0, TTL)  # a
+    await store.admit(QUEUE, token_ids(2), T0 + 1, TTL)  # b, c
+    await store.admit(QUEUE, token_ids(1), T0 + 100, TTL)  # d (expires much later)
     b = await store.view(QUEUE, "b")
     assert b is not None
     assert (
@@ -544,7 +572,7 @@ async def test_leave_and_deny_end_queued_and_admitted_entries(
     await enter_all(store, "alice", "bob")
     token = None
     if admitted:
-        (entry,) = await store.admit(QUEUE, 1, T0, TTL)
+        (entry,) = await store.admit(QUEUE, token_ids(1), T0, TTL)
         token = entry.handoff_token_id
     end = store.leave if status is EntryStatus.LEFT else store.deny
     ended = await end(QUEUE, "alice", T0 + 7)
@@ -565,7 +593,7 @@ async def test_leave_and_deny_end_queued_and_admitted_entries(
 
 async def test_complete_ends_admitted_entries_only(store: QueueStateStore) -> None:
     await enter_all(store, "alice", "bob")
-    await store.admit(QUEUE, 1, T0, TTL)
+    await store.admit(QUEUE, token_ids(1), T0, TTL)
     queued = await store.complete(QUEUE, "bob", T0 + 1)
     assert queued is not None
     assert queued.status is EntryStatus.QUEUED
@@ -631,7 +659,7 @@ async def test_counters_count_what_the_queue_holds(store: QueueStateStore) -> No
     assert counters.waiting == 5
     assert counters.head_entered_at == T0 + 9  # the head of the line, not the earliest
 
-    await store.admit(QUEUE, 3, T0 + 10, TTL)  # early, a, b
+    await store.admit(QUEUE, token_ids(3), T0 + 10, TTL)  # early, a, b
     (b,) = [e for e in await store.views(QUEUE, ["b"]) if e is not None]
     await store.redeem(QUEUE, "b", str(b.entry.handoff_token_id), T0 + 11)
     await store.complete(QUEUE, "a", T0 + 12)
@@ -660,8 +688,8 @@ async def test_admitted_recently_counts_admissions_after_the_window_start(
     store: QueueStateStore,
 ) -> None:
     await enter_all(store, *(f"c{i}" for i in range(6)))
-    await store.admit(QUEUE, 2, T0 + 100, TTL)
-    await store.admit(QUEUE, 3, T0 + 200, TTL)
+    await store.admit(QUEUE, token_ids(2), T0 + 100, TTL)
+    await store.admit(QUEUE, token_ids(3), T0 + 200, TTL)
     now = T0 + 250
     assert (await store.counters(QUEUE, now, 1000)).admitted_recently == 5
     assert (await store.counters(QUEUE, now, 150)).admitted_recently == 3  # after T0 + 100
@@ -672,8 +700,8 @@ async def test_admitted_recently_counts_admissions_after_the_window_start(
 
 async def test_admission_history_is_kept_for_an_hour(store: QueueStateStore) -> None:
     await enter_all(store, "a", "b", "c")
-    await store.admit(QUEUE, 2, T0, TTL)
-    await store.admit(QUEUE, 1, T0 + 3600, TTL)  # trims admissions at or before T0
+    await store.admit(QUEUE, token_ids(2), T0, TTL)
+    await store.admit(QUEUE, token_ids(1), T0 + 3600, TTL)  # trims admissions at or before T0
     assert (await store.counters(QUEUE, T0 + 3600, 7200)).admitted_recently == 1
     completed = await store.counters(QUEUE, T0 + 3600, 60)
     assert completed.admitted == 3  # only the rate history is trimmed
@@ -688,7 +716,7 @@ async def test_queues_are_independent(store: QueueStateStore) -> None:
     assert other.outcome is EnterOutcome.ENTERED
     assert (await enter(store, "alice", queue=OTHER_QUEUE)).outcome is EnterOutcome.ENTERED
     assert await ranks(store, "alice", "bob") == [0, None]
-    await store.admit(OTHER_QUEUE, 2, T0, TTL)
+    await store.admit(OTHER_QUEUE, token_ids(2), T0, TTL)
     assert await ranks(store, "alice") == [0]
     assert (await store.counters(QUEUE, T0, 60)).admitted == 0
 
@@ -696,12 +724,12 @@ async def test_queues_are_independent(store: QueueStateStore) -> None:
 async def test_drop_forgets_the_queue(store: QueueStateStore) -> None:
     await enter_all(store, "a", "b", "c")
     await store.enter(OTHER_QUEUE, record("a"), score=NEXT, max_size=None)
-    await store.admit(QUEUE, 2, T0, TTL)
+    await store.admit(QUEUE, token_ids(2), T0, TTL)
     await store.complete(QUEUE, "a", T0 + 1)
     await store.drop(QUEUE)
     assert await store.views(QUEUE, ["a", "b", "c"]) == [None, None, None]
     assert await store.counters(QUEUE, T0 + 1, 60) == QueueCounters(0, 0, 0, 0, None)
-    assert await store.admit(QUEUE, 5, T0 + 1, TTL) == []
+    assert await store.admit(QUEUE, token_ids(5), T0 + 1, TTL) == []
     assert await store.view(OTHER_QUEUE, "a") is not None
     assert (await enter(store, "b")).outcome is EnterOutcome.ENTERED
     assert await ranks(store, "b") == [0]
@@ -737,7 +765,7 @@ async def test_concurrent_admissions_never_admit_a_consumer_twice(
     store: QueueStateStore,
 ) -> None:
     await enter_all(store, *(f"c{i}" for i in range(50)))
-    batches = await asyncio.gather(*(store.admit(QUEUE, 7, T0, TTL) for _ in range(10)))
+    batches = await asyncio.gather(*(store.admit(QUEUE, token_ids(7), T0, TTL) for _ in range(10)))
     admitted = [entry for batch in batches for entry in batch]
     assert sorted(entry.consumer_id for entry in admitted) == sorted(f"c{i}" for i in range(50))
     assert len({entry.handoff_token_id for entry in admitted}) == 50
@@ -764,14 +792,14 @@ async def test_redis_keys_of_a_queue_share_one_cluster_slot() -> None:
             await enter_all(store, "a", "b", "c", "d", "e")
             await enter(store, "f", score=0.5)
             await store.views(QUEUE, ["a", "z"])
-            admitted = await store.admit(QUEUE, 4, T0, TTL)
+            admitted = await store.admit(QUEUE, token_ids(4), T0, TTL)
             await store.redeem(QUEUE, "b", str(admitted[1].handoff_token_id), T0 + 1)
             await store.complete(QUEUE, "b", T0 + 2)
             await store.leave(QUEUE, "c", T0 + 2)
             await store.deny(QUEUE, "d", T0 + 2)
             await store.expire_admissions(QUEUE, T0 + TTL, 10)
             await store.counters(QUEUE, T0 + TTL, 60)
-            await store.admit(QUEUE, 1, T0 + TTL, TTL)
+            await store.admit(QUEUE, token_ids(1), T0 + TTL, TTL)
             await enter_all(store, "g")
 
             keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]

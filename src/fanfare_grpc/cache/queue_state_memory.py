@@ -8,7 +8,8 @@ Per queue: a ``SortedList`` of (score, consumer id) for the waiting line (rank b
 bisection, O(log n)), a dict of entries, a dict device → consumer for the devices
 held by active entries, a ``SortedList`` of (handoff_expires_at, consumer id) for
 the admitted entries (+inf once redeemed: such entries never expire, yet are still
-admitted), the queue's counter, the completed count and the recent admission times.
+admitted), the queue's counter (scores of arrivals after opening), the completed count
+and the recent admission times.
 """
 
 from __future__ import annotations
@@ -225,20 +226,24 @@ class MemoryQueueStateStore:
         return entry.record()
 
     async def admit(
-        self, queue: QueueRef, count: int, now: float, handoff_ttl_seconds: float
+        self,
+        queue: QueueRef,
+        token_ids: Sequence[str],
+        now: float,
+        handoff_ttl_seconds: float,
     ) -> list[EntryRecord]:
         state = self._queues.get(queue)
-        if state is None or count <= 0 or not state.waiting:
+        if state is None or not token_ids or not state.waiting:
             return []
         now = float(now)
         expires_at = now + handoff_ttl_seconds
         admitted: list[EntryRecord] = []
-        for _ in range(min(count, len(state.waiting))):
+        for token_id in token_ids[: len(state.waiting)]:
             _, consumer_id = state.waiting.pop(0)
             entry = state.entries[consumer_id]
             entry.status = _ADMITTED
             entry.admitted_at = now
-            entry.handoff_token_id = str(state.next_number())
+            entry.handoff_token_id = token_id
             entry.handoff_expires_at = expires_at
             state.admitted.add(entry.admitted_key())
             state.admissions.add(now)

@@ -9,7 +9,7 @@ Redis Cluster slot per queue, and every script receives all of them in ``KEYS``:
 - ``devices``: HASH device hash → consumer holding it with a QUEUED/ADMITTED entry;
 - ``admitted``: ZSET consumer → ``handoff_expires_at``, ADMITTED consumers only,
   ``+inf`` once redeemed (never expires, still counted as admitted);
-- ``seq``: the queue's counter (``1 + n`` scores and handoff token ids);
+- ``seq``: the queue's counter (``1 + n`` scores of arrivals after opening);
 - ``counts``: HASH, how many entries ended ``completed``, ``denied``, ``left``, ``expired``;
 - ``admissions``: ZSET token id → admission time, trimmed to the last hour on admit.
 
@@ -135,15 +135,16 @@ end
 return raw
 """
 
-# ARGV: count, now, handoff_expires_at, history start. -> {consumer, entry JSON, ...}
+# ARGV: now, handoff_expires_at, history start, token ids (one per admission, at
+# most this many are admitted). -> {consumer, entry JSON, ...}
 _ADMIT = """
-local now, expires_at = ARGV[2], ARGV[3]
-local popped = redis.call('ZPOPMIN', waiting_key, ARGV[1])
+local now, expires_at = ARGV[1], ARGV[2]
+local popped = redis.call('ZPOPMIN', waiting_key, #ARGV - 3)
 local out = {}
 for i = 1, #popped, 2 do
   local consumer = popped[i]
   local entry = cjson.decode(redis.call('HGET', entries_key, consumer))
-  local token_id = tostring(redis.call('INCR', seq_key))
+  local token_id = ARGV[3 + (i + 1) / 2]
   entry.status = 'admitted'
   entry.admitted_at = now
   entry.handoff_token_id = token_id
@@ -154,7 +155,7 @@ for i = 1, #popped, 2 do
   out[#out + 1] = save(consumer, entry)
 end
 if #out > 0 then
-  redis.call('ZREMRANGEBYSCORE', admissions_key, '-inf', ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', admissions_key, '-inf', ARGV[3])
 end
 return out
 """
@@ -363,17 +364,21 @@ class RedisQueueStateStore:
         return None if raw is None else _decode(consumer_id, raw)
 
     async def admit(
-        self, queue: QueueRef, count: int, now: float, handoff_ttl_seconds: float
+        self,
+        queue: QueueRef,
+        token_ids: Sequence[str],
+        now: float,
+        handoff_ttl_seconds: float,
     ) -> list[EntryRecord]:
-        if count <= 0:
+        if not token_ids:
             return []
         reply = await self._admit(
             keys=self.keys(queue),
             args=[
-                count,
                 _number(now),
                 _number(now + handoff_ttl_seconds),
                 _number(now - ADMISSION_HISTORY_SECONDS),
+                *token_ids,
             ],
         )
         return _decode_pairs(reply)

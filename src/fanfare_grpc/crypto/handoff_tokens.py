@@ -2,7 +2,8 @@
 
 Header: ``alg`` EdDSA, ``typ`` ``handoff+jwt``, ``kid``. Claims: ``iss``, ``aud``
 (organization id), ``sub`` (consumer id), ``sid`` (session id), ``qid`` (queue id),
-``mode`` (``test``/``live``), ``jti`` (admission id, unique within the queue),
+``mode`` (``test``/``live``), ``jti`` (admission id: ``ht_`` + 128 CSPRNG bits, so a
+token says nothing about how many were admitted before it),
 ``iat``/``nbf`` (admission time), ``exp`` (admission + the queue's ``handoff_ttl``).
 A signature check proves the grant is genuine; only ``ValidateHandoffToken``
 redeems it (once). The ``typ`` keeps access and handoff tokens from being swapped.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
+import secrets
 from collections.abc import Mapping
 
 import jwt
@@ -27,6 +29,9 @@ from fanfare_grpc.crypto.jwt_tokens import (
 )
 
 HANDOFF_TOKEN_TYPE = "handoff+jwt"
+HANDOFF_TOKEN_ID_PREFIX = "ht_"
+# 128 bits: ids of different admissions never collide and cannot be guessed or ordered.
+_TOKEN_ID_BYTES = 16
 _KID_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _REQUIRED = ("iss", "aud", "sub", "sid", "qid", "mode", "jti", "iat", "nbf", "exp")
 
@@ -44,6 +49,12 @@ class HandoffClaims:
     token_id: str
     issued_at: dt.datetime
     expires_at: dt.datetime
+
+
+def new_handoff_token_id() -> str:
+    """A fresh ``jti`` for one admission: random, never a counter (a sequential id
+    would tell every token holder how many were admitted before them)."""
+    return HANDOFF_TOKEN_ID_PREFIX + secrets.token_urlsafe(_TOKEN_ID_BYTES)
 
 
 def sign_handoff_token(key: SigningKey, claims: HandoffClaims) -> str:

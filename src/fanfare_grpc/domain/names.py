@@ -1,19 +1,58 @@
-"""Display names: trimmed, 1 to 200 characters."""
+"""Display names: trimmed, 1 to 200 characters, nothing that hides or reorders text.
+
+Names reach shoppers (queue names) and operators (key and organization names) as
+they were typed. Control characters (NUL, newlines, escape sequences) and the
+Unicode line separators break or forge what is displayed; the bidirectional
+formatting characters (e.g. U+202E RIGHT-TO-LEFT OVERRIDE) reorder it, so
+``"Sale \u202egnp.exe"`` shows as something else than it is. Every other character
+is allowed: accents, CJK, emoji (including their zero-width joiners).
+
+The protos carry the same rule as a protovalidate expression (``DISPLAY_TEXT_PATTERN``
+in RE2 syntax), so clients in every language see it; this check is the server's.
+"""
 
 from __future__ import annotations
+
+import re
 
 from fanfare_grpc import errors
 
 MAX_NAME_LENGTH = 200
+
+# Bidirectional formatting characters: ALM, LRM, RLM, LRE…RLO, LRI…PDI.
+_BIDI_FORMATTING = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+# Cc (C0, DEL, C1), the line and paragraph separators, bidi formatting.
+_FORBIDDEN = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI_FORMATTING}]")
+# The same set for protovalidate (RE2 syntax), as written in the protos.
+DISPLAY_TEXT_PATTERN = (
+    r"^[^\p{Cc}\x{2028}\x{2029}\x{061C}\x{200E}\x{200F}\x{202A}-\x{202E}\x{2066}-\x{2069}]*$"
+)
+UNSAFE_TEXT_DESCRIPTION = "must not contain control or bidirectional formatting characters"
+
+
+def check_display_text(value: str, field: str, what: str) -> None:
+    """Refuse text that would display as something it is not.
+
+    Raises:
+        InvalidArgument: ``value`` holds a control, line separator or bidirectional
+            formatting character, naming ``field`` (the message says ``invalid <what>``).
+    """
+    if _FORBIDDEN.search(value):
+        raise errors.InvalidArgument(
+            f"invalid {what}", (errors.FieldViolation(field, UNSAFE_TEXT_DESCRIPTION),)
+        )
 
 
 def normalized_name(name: str, what: str, field: str = "name") -> str:
     """``name`` without surrounding white space.
 
     Raises:
-        InvalidArgument: Empty or longer than ``MAX_NAME_LENGTH`` characters, naming
-            ``field`` (the message says ``invalid <what> name``).
+        InvalidArgument: Empty, longer than ``MAX_NAME_LENGTH`` characters, or holding
+            a character ``check_display_text`` refuses, naming ``field`` (the message
+            says ``invalid <what> name``).
     """
+    # Checked before trimming: the protos' rule sees the value as sent, too.
+    check_display_text(name, field, f"{what} name")
     trimmed = name.strip()
     if not trimmed or len(trimmed) > MAX_NAME_LENGTH:
         raise errors.InvalidArgument(

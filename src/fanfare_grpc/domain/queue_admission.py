@@ -64,9 +64,9 @@ class QueueWorker:
     async def run_once(self) -> None:
         """Apply due schedules, admit, expire."""
         now = self._clock()
-        queues = await self._schedule.scheduled(
-            (QueueStatus.SCHEDULED, QueueStatus.OPEN, QueueStatus.PAUSED, QueueStatus.CLOSED)
-        )
+        # DRAFT too: any queue closes at its closes_at, a draft included (otherwise a
+        # draft past its closes_at would stay a draft that OpenQueue could still open).
+        queues = await self._schedule.scheduled(tuple(QueueStatus))
         for scheduled in queues:
             if self._transition_due(scheduled, now):
                 await self._config.apply_schedule(
@@ -77,8 +77,8 @@ class QueueWorker:
                 scheduled.closed_at is None or now - scheduled.closed_at > CLOSED_QUEUE_SWEEP
             ):
                 continue
-            if scheduled.status is QueueStatus.SCHEDULED:
-                continue
+            if scheduled.status in (QueueStatus.DRAFT, QueueStatus.SCHEDULED):
+                continue  # nothing to admit or expire before opening
             try:
                 queue = await self._config.get(
                     scheduled.organization_id, scheduled.mode, scheduled.queue_id

@@ -25,6 +25,7 @@ from fanfare_grpc.domain.queues import (
     OPENABLE,
     PAUSABLE,
     QUEUE_PREFIX,
+    UPDATABLE_FIELDS,
     Queue,
     QueueChanges,
     QueueStatus,
@@ -196,9 +197,15 @@ class QueueConfigService:
         Raises:
             NotFound: No such queue here.
             FailedPrecondition: A CLOSED queue, or ``opens_at`` of a queue that opened.
-            InvalidArgument: Times in the past or out of order.
+            InvalidArgument: A mask path that is not a whole updatable field (such as
+                ``name.x``, which would change nothing), times in the past or out of
+                order.
             Aborted: The queue changed meanwhile (retry).
         """
+        if not changes.fields or not changes.fields <= UPDATABLE_FIELDS:
+            raise _invalid(
+                "update_mask", f"must name whole fields among {', '.join(sorted(UPDATABLE_FIELDS))}"
+            )
         current = await self.get(organization_id, mode, queue_id)
         if current.status is QueueStatus.CLOSED:
             raise errors.FailedPrecondition("a closed queue cannot be changed")
@@ -265,11 +272,15 @@ class QueueConfigService:
         """Open now (DRAFT, SCHEDULED or PAUSED).
 
         Raises:
-            NotFound, FailedPrecondition (OPEN or CLOSED), Aborted.
+            NotFound, FailedPrecondition (OPEN, CLOSED, or its ``closes_at`` passed),
+            Aborted.
         """
-        return await self._transition(
-            await self.get(organization_id, mode, queue_id), OPENABLE, QueueStatus.OPEN
-        )
+        queue = await self.get(organization_id, mode, queue_id)
+        if queue.closes_at is not None and queue.closes_at <= self._clock():
+            # The worker closes it within a second; opening it meanwhile would only
+            # announce an opening and a closing back to back.
+            raise errors.FailedPrecondition("the queue's closes_at has passed")
+        return await self._transition(queue, OPENABLE, QueueStatus.OPEN)
 
     async def pause(self, organization_id: str, mode: str, queue_id: str) -> Queue:
         """Pause an OPEN queue (entries kept, admissions stop)."""

@@ -20,6 +20,7 @@ from fanfare_grpc import errors
 from fanfare_grpc.crypto.handoff_tokens import (
     HandoffClaims,
     handoff_token_kid,
+    new_handoff_token_id,
     sign_handoff_token,
     verify_handoff_token,
 )
@@ -49,6 +50,9 @@ QUEUE_NOT_OPEN = "the queue is not open for entries"
 CONFIG_TTL_SECONDS = 1.0
 RATE_WINDOW_SECONDS = 300.0
 EXPIRY_BATCH = 1000
+# Admissions per store call: each carries its random token id, so a large count is
+# admitted in several calls rather than one call with a huge argument list.
+ADMISSION_BATCH = 1000
 
 Clock = Callable[[], dt.datetime]
 
@@ -295,14 +299,21 @@ class QueueEntries:
 
     async def admit(self, queue: Queue, count: int) -> list[EntryRecord]:
         """Admit up to ``count`` next consumers (handoff tokens are issued with them)."""
-        if count <= 0:
-            return []
-        admitted = await self._state.admit(
-            queue_ref(queue), count, self._now(), queue.handoff_ttl.total_seconds()
-        )
+        ref = queue_ref(queue)
+        now = self._now()
+        admitted: list[EntryRecord] = []
+        while len(admitted) < count:
+            batch = min(count - len(admitted), ADMISSION_BATCH)
+            token_ids = [new_handoff_token_id() for _ in range(batch)]
+            admitted_now = await self._state.admit(
+                ref, token_ids, now, queue.handoff_ttl.total_seconds()
+            )
+            admitted.extend(admitted_now)
+            if len(admitted_now) < batch:
+                break  # nobody else is waiting
         if admitted:
             for listener in self._admission_listeners:
-                listener(queue_ref(queue))
+                listener(ref)
         for entry in admitted:
             await self._publish(event_types.QUEUE_CONSUMER_ADMITTED, queue, entry)
         return admitted

@@ -61,8 +61,8 @@ class EntryRecord:
         entered_at: When the entry was made.
         pre_queue: Entered before the queue opened.
         admitted_at: When it was admitted (ADMITTED and later).
-        handoff_token_id: ``jti`` of the handoff token issued at admission: unique per
-            admission (from the queue's counter), not secret (the token is signed).
+        handoff_token_id: ``jti`` of the handoff token issued at admission: one per
+            admission, random (drawn by the caller), not secret (the token is signed).
         handoff_expires_at: When the handoff token expires.
         redeemed_at: When ``ValidateHandoffToken`` redeemed the token.
         ended_at: When it reached COMPLETED, DENIED, LEFT or EXPIRED.
@@ -187,11 +187,17 @@ class QueueStateStore(Protocol):
         ...
 
     async def admit(
-        self, queue: QueueRef, count: int, now: float, handoff_ttl_seconds: float
+        self,
+        queue: QueueRef,
+        token_ids: Sequence[str],
+        now: float,
+        handoff_ttl_seconds: float,
     ) -> list[EntryRecord]:
-        """Admit up to ``count`` lowest-scored waiting consumers: ADMITTED, with
-        ``admitted_at`` = now, ``handoff_expires_at`` = now + ttl and a fresh
-        ``handoff_token_id``. Returns them in admission order."""
+        """Admit up to ``len(token_ids)`` lowest-scored waiting consumers: ADMITTED,
+        with ``admitted_at`` = now, ``handoff_expires_at`` = now + ttl, and the i-th
+        admitted gets ``token_ids[i]`` as ``handoff_token_id`` (fresh random ids from
+        the caller: the store has no CSPRNG on Redis). Returns them in admission order;
+        unused ids are discarded."""
         ...
 
     async def expire_admissions(self, queue: QueueRef, now: float, limit: int) -> list[EntryRecord]:

@@ -2,7 +2,9 @@
 
 DRAFT → SCHEDULED (has a future ``opens_at``) → OPEN ⇄ PAUSED → CLOSED. OpenQueue
 opens any DRAFT, SCHEDULED or PAUSED queue at once; a SCHEDULED queue opens by
-itself at ``opens_at`` and any queue closes by itself at ``closes_at``.
+itself at ``opens_at`` and any queue, a DRAFT included, closes by itself at
+``closes_at`` (which must be in the future when set; OpenQueue refuses a queue whose
+``closes_at`` passed).
 """
 
 from __future__ import annotations

@@ -2,6 +2,14 @@
 
 Every language sees the same constraints; here a request that breaks them is
 answered with INVALID_ARGUMENT and a ``google.rpc.BadRequest`` naming each field.
+
+A body that is not a message at all gets INVALID_ARGUMENT too. grpcio parses a unary
+request before any interceptor runs and, when that fails, answers UNKNOWN
+("Unexpected DecodeError") by itself, without our response headers (no
+``x-request-id``). So the parser is wrapped: a body that does not parse becomes an
+``UndecodableRequest`` marker that travels to this layer (the layers above never read
+the request) and is refused here like any other invalid request. Client-streaming
+requests, which only server reflection has, keep grpcio's own handling.
 """
 
 from __future__ import annotations
@@ -9,15 +17,21 @@ from __future__ import annotations
 from typing import Any
 
 import protovalidate
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from grpc import aio
 
 from fanfare_grpc import errors
-from fanfare_grpc.interceptors.wrapping import (
-    BehaviourInterceptor,
-)
+from fanfare_grpc.interceptors.wrapping import BehaviourInterceptor, Deserializer
 
 INVALID_REQUEST_MESSAGE = "invalid request"
+UNDECODABLE_REQUEST_MESSAGE = "the request body is not a valid message of this method"
+
+
+class UndecodableRequest:
+    """Stands in for a request body that did not parse (nothing of it is kept)."""
+
+
+_UNDECODABLE = UndecodableRequest()
 
 
 class RequestValidationInterceptor(BehaviourInterceptor):
@@ -26,9 +40,20 @@ class RequestValidationInterceptor(BehaviourInterceptor):
     def __init__(self, validator: protovalidate.Validator) -> None:
         self._validator = validator
 
+    def unary_request_deserializer(self, deserializer: Deserializer) -> Deserializer:
+        def tolerant(body: bytes) -> Any:
+            try:
+                return deserializer(body)
+            except DecodeError:
+                return _UNDECODABLE
+
+        return tolerant
+
     async def before_call(
         self, request: Any, context: aio.ServicerContext[Any, Any], method: str
     ) -> None:
+        if isinstance(request, UndecodableRequest):
+            raise errors.InvalidArgument(UNDECODABLE_REQUEST_MESSAGE)
         self._check(request)
 
     def _check(self, request: Any) -> None:

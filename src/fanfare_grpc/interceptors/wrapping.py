@@ -16,6 +16,7 @@ import grpc
 from grpc import aio
 
 UnaryBehaviour = Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]
+Deserializer = Callable[[bytes], Any]
 StreamBehaviour = Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
 
@@ -81,6 +82,11 @@ class BehaviourInterceptor(aio.ServerInterceptor):
         async for response in behaviour(request, context):
             yield response
 
+    def unary_request_deserializer(self, deserializer: Deserializer) -> Deserializer:
+        """How the body of a unary request is read; override to wrap it (grpcio runs
+        it before any interceptor's behaviour, so errors there never reach one)."""
+        return deserializer
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -92,6 +98,9 @@ class BehaviourInterceptor(aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        deserializer = handler.request_deserializer
+        if deserializer is not None and not handler.request_streaming:
+            deserializer = self.unary_request_deserializer(deserializer)
         if handler.unary_unary is not None or handler.stream_unary is not None:
             inner: Callable[..., Any] = handler.unary_unary or handler.stream_unary  # type: ignore[assignment]
 
@@ -108,7 +117,7 @@ class BehaviourInterceptor(aio.ServerInterceptor):
             )
             return factory(
                 unary,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
 
@@ -130,6 +139,6 @@ class BehaviourInterceptor(aio.ServerInterceptor):
         )
         return stream_factory(
             stream,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -31,7 +31,7 @@ class CreateOrganizationRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Display name of the organization, 1 to 200 characters."""
+    """Display name of the organization, 1 to 200 characters, no control or bidi formatting characters."""
     def __init__(
         self,
         *,
@@ -104,7 +104,7 @@ class CreateApiKeyRequest(_message.Message):
     role: _common_pb2.Role.ValueType
     """Role of a secret key (required); must be unset for a publishable key."""
     name: _builtins.str
-    """Human-readable name, 1 to 200 characters."""
+    """Human-readable name, 1 to 200 characters, no control or bidi formatting characters."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the key stops working by itself; must be in the future; unset means never."""

@@ -35,7 +35,7 @@ class CreateQueueRequest(_message.Message):
     HANDOFF_TTL_FIELD_NUMBER: _builtins.int
     MAX_SIZE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Display name, 1 to 200 characters."""
+    """Display name, 1 to 200 characters, no control or bidi formatting characters."""
     admission_rate_per_minute: _builtins.int
     """Consumers admitted automatically per minute while OPEN, 1 to 1,000,000."""
     max_size: _builtins.int
@@ -218,7 +218,7 @@ class UpdateQueueRequest(_message.Message):
     queue_id: _builtins.str
     """Queue to change, `q_` prefix."""
     name: _builtins.str
-    """New display name, 1 to 200 characters."""
+    """New display name, 1 to 200 characters, no control or bidi formatting characters."""
     admission_rate_per_minute: _builtins.int
     """New automatic admission rate per minute, 1 to 1,000,000."""
     max_size: _builtins.int
@@ -237,7 +237,7 @@ class UpdateQueueRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to change: any of name, opens_at, closes_at, admission_rate_per_minute, handoff_ttl, max_size."""
+        """Fields to change (whole fields only): any of name, opens_at, closes_at, admission_rate_per_minute, handoff_ttl, max_size."""
 
     def __init__(
         self,

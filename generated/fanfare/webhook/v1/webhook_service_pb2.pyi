@@ -33,7 +33,7 @@ class CreateWebhookEndpointRequest(_message.Message):
     url: _builtins.str
     """HTTPS URL to POST events to: a host name or IP literal, no user info, at most 2048 characters."""
     description: _builtins.str
-    """Free-text description, at most 500 characters."""
+    """Free-text description, at most 500 characters, no control or bidi formatting characters."""
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Event types to deliver, at least one, no duplicates, each a known type."""
@@ -200,7 +200,7 @@ class UpdateWebhookEndpointRequest(_message.Message):
     url: _builtins.str
     """New HTTPS URL: a host name or IP literal, no user info, at most 2048 characters."""
     description: _builtins.str
-    """New description, at most 500 characters."""
+    """New description, at most 500 characters, no control or bidi formatting characters."""
     status: _webhook_pb2.WebhookEndpointStatus.ValueType
     """Enable or disable the endpoint (re-enabling clears disabled_reason)."""
     @_builtins.property
@@ -209,7 +209,7 @@ class UpdateWebhookEndpointRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to change: any of url, event_types, description, status."""
+        """Fields to change (whole fields only): any of url, event_types, description, status."""
 
     def __init__(
         self,
