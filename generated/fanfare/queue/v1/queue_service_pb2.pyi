@@ -46,7 +46,7 @@ class CreateQueueRequest(_message.Message):
 
     @_builtins.property
     def closes_at(self) -> _timestamp_pb2.Timestamp:
-        """When the queue closes by itself; unset for never."""
+        """When the queue closes by itself (a DRAFT queue too), in the future; unset for never."""
 
     @_builtins.property
     def handoff_ttl(self) -> _duration_pb2.Duration:
@@ -229,7 +229,7 @@ class UpdateQueueRequest(_message.Message):
 
     @_builtins.property
     def closes_at(self) -> _timestamp_pb2.Timestamp:
-        """New closing time; unset (with closes_at in the mask) removes it."""
+        """New closing time, in the future (a DRAFT queue closes too); unset (with closes_at in the mask) removes it."""
 
     @_builtins.property
     def handoff_ttl(self) -> _duration_pb2.Duration:

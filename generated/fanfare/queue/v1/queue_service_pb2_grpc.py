@@ -189,7 +189,8 @@ class QueueServiceServicer:
         """Opens a DRAFT, SCHEDULED or PAUSED queue now; a pre-queue is shuffled (CSPRNG) first.
         Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
-        FAILED_PRECONDITION (already OPEN, or CLOSED), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+        FAILED_PRECONDITION (already OPEN, CLOSED, or closes_at has passed), ABORTED,
+        RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -294,7 +295,8 @@ class QueueServiceServicer:
 
     def ValidateHandoffToken(self, request, context):
         """Redeems a handoff token atomically (exactly one concurrent call gets valid = true);
-        answers with valid/reason instead of failing on a bad token.
+        answers with valid/reason instead of failing on a bad token. An idempotency-key is
+        never replayed here: a repeat is executed again and answers ALREADY_USED.
         Caller: sk with any role, same organization and mode as the token.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an sk), INVALID_ARGUMENT (empty or
         oversized token, malformed queue_id), RESOURCE_EXHAUSTED, UNAVAILABLE.

@@ -73,7 +73,8 @@ class QueueServiceStub:
     """Opens a DRAFT, SCHEDULED or PAUSED queue now; a pre-queue is shuffled (CSPRNG) first.
     Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
-    FAILED_PRECONDITION (already OPEN, or CLOSED), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+    FAILED_PRECONDITION (already OPEN, CLOSED, or closes_at has passed), ABORTED,
+    RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     PauseQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.PauseQueueRequest, _queue_service_pb2.PauseQueueResponse]
     """Pauses automatic admission of an OPEN queue; entries are still accepted.
@@ -138,7 +139,8 @@ class QueueServiceStub:
     """
     ValidateHandoffToken: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.ValidateHandoffTokenRequest, _queue_service_pb2.ValidateHandoffTokenResponse]
     """Redeems a handoff token atomically (exactly one concurrent call gets valid = true);
-    answers with valid/reason instead of failing on a bad token.
+    answers with valid/reason instead of failing on a bad token. An idempotency-key is
+    never replayed here: a repeat is executed again and answers ALREADY_USED.
     Caller: sk with any role, same organization and mode as the token.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an sk), INVALID_ARGUMENT (empty or
     oversized token, malformed queue_id), RESOURCE_EXHAUSTED, UNAVAILABLE.
@@ -195,7 +197,8 @@ class QueueServiceAsyncStub(QueueServiceStub):
     """Opens a DRAFT, SCHEDULED or PAUSED queue now; a pre-queue is shuffled (CSPRNG) first.
     Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
-    FAILED_PRECONDITION (already OPEN, or CLOSED), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+    FAILED_PRECONDITION (already OPEN, CLOSED, or closes_at has passed), ABORTED,
+    RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     PauseQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.PauseQueueRequest, _queue_service_pb2.PauseQueueResponse]  # type: ignore[assignment]
     """Pauses automatic admission of an OPEN queue; entries are still accepted.
@@ -260,7 +263,8 @@ class QueueServiceAsyncStub(QueueServiceStub):
     """
     ValidateHandoffToken: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.ValidateHandoffTokenRequest, _queue_service_pb2.ValidateHandoffTokenResponse]  # type: ignore[assignment]
     """Redeems a handoff token atomically (exactly one concurrent call gets valid = true);
-    answers with valid/reason instead of failing on a bad token.
+    answers with valid/reason instead of failing on a bad token. An idempotency-key is
+    never replayed here: a repeat is executed again and answers ALREADY_USED.
     Caller: sk with any role, same organization and mode as the token.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an sk), INVALID_ARGUMENT (empty or
     oversized token, malformed queue_id), RESOURCE_EXHAUSTED, UNAVAILABLE.
@@ -350,7 +354,8 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         """Opens a DRAFT, SCHEDULED or PAUSED queue now; a pre-queue is shuffled (CSPRNG) first.
         Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
-        FAILED_PRECONDITION (already OPEN, or CLOSED), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+        FAILED_PRECONDITION (already OPEN, CLOSED, or closes_at has passed), ABORTED,
+        RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -475,7 +480,8 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_queue_service_pb2.ValidateHandoffTokenResponse, _abc.Awaitable[_queue_service_pb2.ValidateHandoffTokenResponse]]:
         """Redeems a handoff token atomically (exactly one concurrent call gets valid = true);
-        answers with valid/reason instead of failing on a bad token.
+        answers with valid/reason instead of failing on a bad token. An idempotency-key is
+        never replayed here: a repeat is executed again and answers ALREADY_USED.
         Caller: sk with any role, same organization and mode as the token.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an sk), INVALID_ARGUMENT (empty or
         oversized token, malformed queue_id), RESOURCE_EXHAUSTED, UNAVAILABLE.
