@@ -155,6 +155,7 @@ async def test_pre_queue_order_is_random_and_hidden_until_opening(qw: QueueWorld
 
 
 async def test_automatic_admission_follows_the_rate_smoothly(qw: QueueWorld) -> None:
+    qw.world.clock.freeze()
     queue_id = await qw.open_queue(admission_rate_per_minute=30)
     shoppers = [await qw.shopper(f"device-{index}") for index in range(40)]
     for shopper in shoppers:
