@@ -113,13 +113,18 @@ async def start_server(
 
     Raises:
         ListenError: The listen address is in use or invalid.
+        UnsharedCache: PostgreSQL without Redis.
+        DatabaseUnreachable: The database cannot be reached.
         SchemaOutOfDate: The database is reachable but not migrated.
+        CacheUnreachable: Redis does not answer.
     """
     settings = application.settings
     logger = application.logger
     application.check_shared_state()
-    if not await application.check_schema():
-        logger.warning("database unreachable at startup; serving NOT_SERVING until it returns")
+    # Refusing to start (one clear line) beats serving NOT_SERVING with an unknown
+    # schema: a supervisor restarts us, and the operator sees what to fix.
+    await application.check_cache()
+    await application.check_schema()
 
     server = aio.server(interceptors=build_interceptor_chain(application), options=_SERVER_OPTIONS)
     service_names = register_servicers(server, application)
@@ -232,6 +237,7 @@ async def run_worker_process(settings: Settings) -> None:
     stop = asyncio.Event()
     try:
         application.check_shared_state()
+        await application.check_cache()
         await application.check_schema()
         worker = Worker(
             background_jobs(application.queue_worker),
