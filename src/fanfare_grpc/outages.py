@@ -19,7 +19,8 @@ REMINDER_SECONDS = 60.0
 class OutageLog:
     """Throttled log lines for one retrying activity (a job, a subscription).
 
-    Call ``failed`` on each failed attempt and ``succeeded`` on each good one.
+    Call ``failed`` on each failed attempt and ``succeeded`` on each good one;
+    ``meanwhile`` tells operators what the service does until then.
     """
 
     def __init__(
@@ -29,9 +30,11 @@ class OutageLog:
         *,
         clock: Callable[[], float] = time.monotonic,
         reminder_seconds: float = REMINDER_SECONDS,
+        meanwhile: str = "",
     ) -> None:
         self._logger = logger
         self._activity = activity
+        self._meanwhile = f" ({meanwhile})" if meanwhile else ""
         self._clock = clock
         self._reminder = reminder_seconds
         self._started: float | None = None
@@ -54,8 +57,9 @@ class OutageLog:
         if self._started is None:
             self._started = self._last_logged = now
             self._logger.warning(
-                f"{self._activity}: {backend} unreachable ({fields['reason']}); retrying, "
-                f"reported again every {self._reminder:g} s until it recovers",
+                f"{self._activity}: {backend} unreachable ({fields['reason']}); "
+                f"retrying{self._meanwhile}, reported again every {self._reminder:g} s "
+                "until it recovers",
                 extra=fields,
             )
             return

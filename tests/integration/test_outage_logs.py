@@ -1,4 +1,6 @@
-"""A database outage under a running worker: one log line when it starts, one when it ends."""
+"""Backend outages under a running server: one log line when one starts, one when it ends,
+never a traceback per retry (the worker ticks every second, the key invalidation
+channel reconnects twice a second)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,17 @@ from fanfare_grpc.worker import QUEUE_TICK_SECONDS
 from tests.backends import REDIS_URL
 from tests.conftest import embedded_settings, start_migrated_server
 from tests.tcp_proxy import TcpProxy
+
+
+@pytest.fixture
+async def redis_proxy() -> AsyncIterator[tuple[TcpProxy, str]]:
+    url = make_url(REDIS_URL)
+    tcp_proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
+    await tcp_proxy.start()
+    try:
+        yield tcp_proxy, url.set(host="127.0.0.1", port=tcp_proxy.port).render_as_string()
+    finally:
+        await tcp_proxy.close()
 
 
 @pytest.fixture
@@ -95,5 +108,37 @@ async def test_worker_logs_a_database_outage_once_and_its_recovery_once(
         assert recovery.getMessage().startswith("background job queues: recovered after ")
         await asyncio.sleep(2 * QUEUE_TICK_SECONDS)
         assert len(_worker_lines(service_logs)) == 2  # nothing more once it is back
+    finally:
+        await server.shutdown(grace_seconds=1.0)
+
+
+def _invalidation_lines(logs: _Records) -> list[logging.LogRecord]:
+    return [record for record in logs.records if "key invalidation" in record.getMessage()]
+
+
+async def test_key_invalidation_channel_logs_a_redis_outage_once_and_its_recovery_once(
+    redis_proxy: tuple[TcpProxy, str], tmp_path: Path, redis_prefix: str, service_logs: _Records
+) -> None:
+    tcp_proxy, proxied_url = redis_proxy
+    settings = dataclasses.replace(
+        embedded_settings(tmp_path), redis_url=proxied_url, redis_key_prefix=redis_prefix
+    )
+    server = await start_migrated_server(settings, run_worker=False)
+    try:
+        assert server.application.key_invalidation_listener.subscribed.is_set()
+        tcp_proxy.cut()
+        await asyncio.sleep(3)  # six reconnection attempts
+        [outage] = _invalidation_lines(service_logs)
+        assert outage.levelno == logging.WARNING
+        assert outage.getMessage().startswith("key invalidation channel: cache unreachable (")
+        assert "cached API keys re-checked every 1 s" in outage.getMessage()
+        assert all(record.exc_info is None for record in service_logs.records)
+        tcp_proxy.restore()
+        await asyncio.wait_for(
+            server.application.key_invalidation_listener.subscribed.wait(), timeout=15
+        )
+        recovery = _invalidation_lines(service_logs)[1:]
+        assert [record.levelno for record in recovery] == [logging.INFO]
+        assert recovery[0].getMessage().startswith("key invalidation channel: recovered after ")
     finally:
         await server.shutdown(grace_seconds=1.0)
