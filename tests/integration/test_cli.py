@@ -230,8 +230,6 @@ async def test_a_fresh_data_dir_and_its_files_are_private(tmp_path: Path) -> Non
             database_files, 0o600
         )
         assert _mode(data_dir) == 0o700
-        server.process.send_signal(signal.SIGTERM)
-        assert await server.wait_exit() == 0
     finally:
         await server.kill()
 

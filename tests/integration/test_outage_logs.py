@@ -11,12 +11,16 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from fanfare.auth.v1 import auth_service_pb2 as auth
+from fanfare.auth.v1 import auth_service_pb2_grpc
+from grpc import aio
 from sqlalchemy import make_url
 
 from fanfare_grpc.app import LOGGER_NAME
 from fanfare_grpc.worker import QUEUE_TICK_SECONDS
 from tests.backends import REDIS_URL
-from tests.conftest import embedded_settings, start_migrated_server
+from tests.conftest import embedded_settings, new_organization, start_migrated_server
+from tests.grpc_helpers import bearer
 from tests.tcp_proxy import TcpProxy
 
 
@@ -140,5 +144,40 @@ async def test_key_invalidation_channel_logs_a_redis_outage_once_and_its_recover
         recovery = _invalidation_lines(service_logs)[1:]
         assert [record.levelno for record in recovery] == [logging.INFO]
         assert recovery[0].getMessage().startswith("key invalidation channel: recovered after ")
+    finally:
+        await server.shutdown(grace_seconds=1.0)
+
+
+async def test_key_usage_recording_logs_a_database_outage_once_and_its_recovery_once(
+    proxy: tuple[TcpProxy, str], tmp_path: Path, redis_prefix: str, service_logs: _Records
+) -> None:
+    tcp_proxy, proxied_url = proxy
+    settings = dataclasses.replace(
+        embedded_settings(tmp_path),
+        database_url=proxied_url,
+        redis_url=REDIS_URL,
+        redis_key_prefix=redis_prefix,
+    )
+    server = await start_migrated_server(settings, run_worker=False)
+    try:
+        organization = await new_organization(server)
+        async with aio.insecure_channel(server.address) as channel:
+            stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+            await stub.ListApiKeys(
+                auth.ListApiKeysRequest(), metadata=bearer(organization.test_admin_key.plaintext)
+            )
+        usage = server.application.key_usage
+        tcp_proxy.cut()
+        for _ in range(3):  # three flush intervals
+            await usage.flush()
+        [outage] = [r for r in service_logs.records if "key usage" in r.getMessage()]
+        assert outage.levelno == logging.WARNING
+        assert outage.getMessage().startswith("key usage recording: database unreachable (")
+        assert all(record.exc_info is None for record in service_logs.records)
+        tcp_proxy.restore()
+        await usage.flush()  # the kept uses are written now
+        recovery = [r for r in service_logs.records if "key usage" in r.getMessage()][1:]
+        assert [record.levelno for record in recovery] == [logging.INFO]
+        assert recovery[0].getMessage().startswith("key usage recording: recovered after ")
     finally:
         await server.shutdown(grace_seconds=1.0)
