@@ -327,3 +327,17 @@ async def test_serve_with_redis_unreachable_is_one_line_naming_it(tmp_path: Path
                 "running there and FANFARE_REDIS_URL (host, port, password)"
             )
         ]
+
+
+async def test_sigterm_right_after_listening_is_a_graceful_stop(tmp_path: Path) -> None:
+    env = process_env(tmp_path)
+    assert (await run_cli("migrate", env=env))[0] == 0
+    for command in (["fanfare_grpc", "serve"], ["fanfare_grpc", "serve", "--no-worker"]):
+        server = await ServerProcess.start(command, env)
+        try:
+            await server.wait_listening()
+            server.process.send_signal(signal.SIGTERM)
+            assert await server.wait_exit() == 0
+        finally:
+            await server.kill()
+        assert "stopped" in [entry.get("message") for entry in server.messages()]
