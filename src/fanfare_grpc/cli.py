@@ -30,7 +30,7 @@ from fanfare_grpc.crypto.master_keys import (
 from fanfare_grpc.crypto.rotation import rewrap_data_keys, rewrap_signing_keys
 from fanfare_grpc.domain.organizations import create_organization
 from fanfare_grpc.logs import configure_logging
-from fanfare_grpc.private_files import prepare_data_dir
+from fanfare_grpc.private_files import DataDirError, prepare_data_dir
 from fanfare_grpc.server import ListenError, run_worker_process, serve
 from fanfare_grpc.settings import Settings, SettingsError
 from fanfare_grpc.storage import migrate
@@ -193,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         SchemaOutOfDate,
         DatabaseUnreachable,
         CacheUnreachable,
+        DataDirError,
         ListenError,
         MasterKeyError,
         UnsharedCache,

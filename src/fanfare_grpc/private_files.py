@@ -24,6 +24,10 @@ def _permission_bits(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+class DataDirError(RuntimeError):
+    """The data dir cannot be created or used; the message names it and what to check."""
+
+
 def make_private_directory(path: Path) -> None:
     """Create ``path`` (and missing parents) with mode 0700; an existing one is left as is."""
     path.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
@@ -34,9 +38,18 @@ def prepare_data_dir(path: Path, logger: logging.Logger) -> None:
 
     Tightening (rather than only warning) is safe: the data dir is this service's
     own by definition. When we do not own it, chmod fails and we warn instead.
+
+    Raises:
+        DataDirError: It cannot be created (a file is in the way, no permission).
     """
-    make_private_directory(path)
-    mode = _permission_bits(path)
+    try:
+        make_private_directory(path)
+        mode = _permission_bits(path)
+    except OSError as error:
+        raise DataDirError(
+            f"cannot create the data dir {path} ({error.strerror or error}): check "
+            "FANFARE_DATA_DIR and that this user may create and write it"
+        ) from error
     if not mode & 0o077:
         return
     try:

@@ -262,6 +262,21 @@ async def test_an_existing_data_dir_open_to_others_is_tightened(tmp_path: Path) 
     ]
 
 
+async def test_an_unusable_data_dir_is_one_line_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    data_dir = blocker / "data"
+    for command in (("migrate",), ("serve",), ("orgs", "create", "--name", "Acme")):
+        code, _, stderr = await run_cli(*command, env=process_env(data_dir))
+        assert code == 1
+        assert stderr.splitlines() == [
+            (
+                f"fanfare-grpc: cannot create the data dir {data_dir} (Not a directory): check "
+                "FANFARE_DATA_DIR and that this user may create and write it"
+            )
+        ]
+
+
 _UNREACHABLE_COMMANDS = (
     ("migrate",),
     ("serve",),
