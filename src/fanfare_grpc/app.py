@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import urllib.parse
 from collections.abc import Callable, Mapping
 
 import protovalidate
@@ -39,6 +40,7 @@ from fanfare_grpc.domain.session_service import SessionService, TokenLifetimes
 from fanfare_grpc.login_codes.sender import LogCodeSender
 from fanfare_grpc.login_codes.smtp import SmtpCodeSender, SmtpConfig
 from fanfare_grpc.permissions import PERMISSIONS, MethodPolicy
+from fanfare_grpc.private_files import prepare_data_dir
 from fanfare_grpc.settings import Settings
 from fanfare_grpc.storage import migrate
 from fanfare_grpc.storage.api_keys import SqlApiKeyStore
@@ -66,6 +68,19 @@ class SchemaOutOfDate(RuntimeError):
 
 class UnsharedCache(RuntimeError):
     """A shared database with the in-process cache: replicas would not see each other."""
+
+
+class CacheUnreachable(RuntimeError):
+    """Redis does not answer; the message says where (no credentials) and what to check."""
+
+
+def redis_location(url: str) -> str:
+    """``host:port/db`` of a Redis URL (a socket path for ``unix://``), no credentials."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    database = parts.path.lstrip("/") or "0"
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}/{database}"
 
 
 @dataclasses.dataclass
@@ -111,7 +126,11 @@ class Application:
             MasterKeyError: The master key configuration is unusable.
         """
         logger = logging.getLogger(LOGGER_NAME)
-        database = Database.from_url(settings.effective_database_url)
+        if settings.uses_data_dir:
+            prepare_data_dir(settings.data_dir, logger)
+        database = Database.from_url(
+            settings.effective_database_url, setting=settings.database_setting
+        )
         cache = open_cache(settings)
 
         def load_ring() -> MasterKeyRing:
@@ -218,27 +237,38 @@ class Application:
             ),
         )
 
-    async def check_schema(self) -> bool:
-        """Whether the database answered; refuses one that is behind this version.
-
-        Returns:
-            False if the database is unreachable (the caller decides what to do).
+    async def check_schema(self) -> None:
+        """Refuse a database that cannot be reached or is behind this version.
 
         Raises:
+            DatabaseUnreachable: The message names the database and what to check.
             SchemaOutOfDate: ``fanfare-grpc migrate`` has not been run.
         """
+        location = self.database.location
+        out_of_date = SchemaOutOfDate(
+            f"schema of {location} is not up to date: run `fanfare-grpc migrate`"
+        )
         try:
             current = await migrate.current_revision(self.database)
-        except (OperationalError, OSError, TimeoutError):
-            return False
+        except (OperationalError, OSError, TimeoutError) as error:
+            raise self.database.unreachable(error) from error
         except DBAPIError as error:
             # e.g. the service role does not exist yet: never migrated.
-            raise SchemaOutOfDate(
-                "database schema is not up to date: run `fanfare-grpc migrate`"
-            ) from error
+            raise out_of_date from error
         if current != migrate.head_revision():
-            raise SchemaOutOfDate("database schema is not up to date: run `fanfare-grpc migrate`")
-        return True
+            raise out_of_date
+
+    async def check_cache(self) -> None:
+        """Refuse to start without the shared cache.
+
+        Raises:
+            CacheUnreachable: Redis did not answer a PING.
+        """
+        if self.settings.redis_url and not await self.cache.ping():
+            raise CacheUnreachable(
+                f"cannot reach Redis at {redis_location(self.settings.redis_url)}: check "
+                "that Redis is running there and FANFARE_REDIS_URL (host, port, password)"
+            )
 
     def check_shared_state(self) -> None:
         """Refuse the in-process cache when the database is shared by replicas.

@@ -7,8 +7,9 @@ INTERNAL: the caller may retry, and nothing about the backend leaks.
 from __future__ import annotations
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 BACKEND_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OperationalError,
@@ -24,3 +25,27 @@ def is_backend_unavailable(error: BaseException) -> bool:
     if isinstance(error, BACKEND_UNAVAILABLE_ERRORS):
         return True
     return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+
+
+def backend_error_reason(error: BaseException) -> str:
+    """One short line saying why a backend call failed (no SQL, no parameters).
+
+    Driver messages name hosts and ports, never passwords; the caller still
+    redacts any secret it knows of before printing.
+    """
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    if not lines:
+        return type(cause).__name__
+    # psycopg: 'connection failed: connection to server at "h", port 5432 failed: <why>'
+    reason = lines[0].rpartition(" failed: ")[2].strip()
+    return reason[:200] or type(cause).__name__
+
+
+def unavailable_backend_name(error: BaseException) -> str:
+    """``database``, ``cache`` or ``backend`` (a bare socket error), for log lines."""
+    if isinstance(error, SQLAlchemyError):
+        return "database"
+    if isinstance(error, RedisError):
+        return "cache"
+    return "backend"

@@ -15,7 +15,13 @@ import sys
 from collections.abc import Sequence
 
 from fanfare_grpc import errors
-from fanfare_grpc.app import LOGGER_NAME, Application, SchemaOutOfDate, UnsharedCache
+from fanfare_grpc.app import (
+    LOGGER_NAME,
+    Application,
+    CacheUnreachable,
+    SchemaOutOfDate,
+    UnsharedCache,
+)
 from fanfare_grpc.crypto.master_keys import (
     MasterKeyError,
     add_dev_master_key,
@@ -24,11 +30,12 @@ from fanfare_grpc.crypto.master_keys import (
 from fanfare_grpc.crypto.rotation import rewrap_data_keys, rewrap_signing_keys
 from fanfare_grpc.domain.organizations import create_organization
 from fanfare_grpc.logs import configure_logging
+from fanfare_grpc.private_files import DataDirError, prepare_data_dir
 from fanfare_grpc.server import ListenError, run_worker_process, serve
 from fanfare_grpc.settings import Settings, SettingsError
 from fanfare_grpc.storage import migrate
 from fanfare_grpc.storage.data_keys import DataKeyRewrapper
-from fanfare_grpc.storage.database import Database
+from fanfare_grpc.storage.database import Database, DatabaseUnreachable, database_location
 from fanfare_grpc.storage.signing_keys import SigningKeyRewrapper
 
 # (option, environment variable, help)
@@ -100,17 +107,25 @@ def settings_from(arguments: argparse.Namespace, environ: dict[str, str]) -> Set
 
 
 async def _migrate(settings: Settings) -> None:
-    await migrate.upgrade_to_head(settings.effective_owner_database_url)
-    logging.getLogger(LOGGER_NAME).info(
-        "database schema up to date", extra={"revision": migrate.head_revision()}
+    logger = logging.getLogger(LOGGER_NAME)
+    if settings.database_owner_url is None and settings.database_url is None:
+        prepare_data_dir(settings.data_dir, logger)
+    await migrate.upgrade_to_head(
+        settings.effective_owner_database_url, setting=settings.owner_database_setting
+    )
+    logger.info(
+        "database schema up to date",
+        extra={
+            "revision": migrate.head_revision(),
+            "database": database_location(settings.effective_owner_database_url),
+        },
     )
 
 
 async def _create_organization(settings: Settings, name: str, as_json: bool) -> None:
     application = Application.build(settings)
     try:
-        if not await application.check_schema():
-            raise errors.Unavailable("database unreachable")
+        await application.check_schema()
         created = await create_organization(
             application.organizations, application.envelope, name, application.clock()
         )
@@ -130,12 +145,22 @@ async def _create_organization(settings: Settings, name: str, as_json: bool) -> 
 
 async def _rotate_master_key(settings: Settings) -> None:
     """Add a master key version (dev data dir) and re-wrap every data key under it."""
-    if settings.master_key is None:
-        new_key = add_dev_master_key(settings.data_dir)
-        print(f"added master key version {new_key.key_id} to {settings.data_dir}")
-    ring = load_master_key_ring(settings.master_key, settings.master_keys_old, settings.data_dir)
-    owner = Database.from_url(settings.effective_owner_database_url, as_owner=True)
+    if settings.uses_data_dir:
+        prepare_data_dir(settings.data_dir, logging.getLogger(LOGGER_NAME))
+    owner = Database.from_url(
+        settings.effective_owner_database_url,
+        as_owner=True,
+        setting=settings.owner_database_setting,
+    )
     try:
+        # Before adding a key version: never leave a new key with nothing wrapped under it.
+        await owner.require_reachable()
+        if settings.master_key is None:
+            new_key = add_dev_master_key(settings.data_dir)
+            print(f"added master key version {new_key.key_id} to {settings.data_dir}")
+        ring = load_master_key_ring(
+            settings.master_key, settings.master_keys_old, settings.data_dir
+        )
         rewrapped = await rewrap_data_keys(ring, DataKeyRewrapper(owner))
         resealed = await rewrap_signing_keys(ring, SigningKeyRewrapper(owner))
     finally:
@@ -164,7 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_create_organization(settings, arguments.name, arguments.json))
         elif arguments.command == "master-key":
             asyncio.run(_rotate_master_key(settings))
-    except (SchemaOutOfDate, ListenError, MasterKeyError, UnsharedCache) as error:
+    except (
+        SchemaOutOfDate,
+        DatabaseUnreachable,
+        CacheUnreachable,
+        DataDirError,
+        ListenError,
+        MasterKeyError,
+        UnsharedCache,
+    ) as error:
         print(f"fanfare-grpc: {error}", file=sys.stderr)
         return 1
     except errors.FanfareError as error:

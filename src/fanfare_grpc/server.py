@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -113,13 +113,18 @@ async def start_server(
 
     Raises:
         ListenError: The listen address is in use or invalid.
+        UnsharedCache: PostgreSQL without Redis.
+        DatabaseUnreachable: The database cannot be reached.
         SchemaOutOfDate: The database is reachable but not migrated.
+        CacheUnreachable: Redis does not answer.
     """
     settings = application.settings
     logger = application.logger
     application.check_shared_state()
-    if not await application.check_schema():
-        logger.warning("database unreachable at startup; serving NOT_SERVING until it returns")
+    # Refusing to start (one clear line) beats serving NOT_SERVING with an unknown
+    # schema: a supervisor restarts us, and the operator sees what to fix.
+    await application.check_cache()
+    await application.check_schema()
 
     server = aio.server(interceptors=build_interceptor_chain(application), options=_SERVER_OPTIONS)
     service_names = register_servicers(server, application)
@@ -184,8 +189,14 @@ async def start_server(
     return running
 
 
-async def wait_for_stop_signal(signals: Sequence[signal.Signals]) -> signal.Signals:
-    """Return the first of ``signals`` the process receives."""
+@contextlib.contextmanager
+def stop_signals(signals: Sequence[signal.Signals]) -> Iterator[asyncio.Future[signal.Signals]]:
+    """A future that the first of ``signals`` resolves, caught from entry on.
+
+    Entered before the server starts, so a SIGTERM sent as soon as "listening" is
+    logged is a graceful stop rather than the default instant death. On exit the
+    default handling returns: a second signal during shutdown stops the process.
+    """
     loop = asyncio.get_running_loop()
     received: asyncio.Future[signal.Signals] = loop.create_future()
 
@@ -196,7 +207,7 @@ async def wait_for_stop_signal(signals: Sequence[signal.Signals]) -> signal.Sign
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        return await received
+        yield received
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
@@ -214,14 +225,15 @@ async def serve(
     ``extra_handlers`` and ``permissions`` let an embedding program add services.
     """
     application = Application.build(settings, permissions=permissions)
-    try:
-        running = await start_server(
-            application, run_worker=run_worker, extra_handlers=extra_handlers
-        )
-    except BaseException:
-        await application.close()
-        raise
-    received = await wait_for_stop_signal((signal.SIGTERM, signal.SIGINT))
+    with stop_signals((signal.SIGTERM, signal.SIGINT)) as stop_signal:
+        try:
+            running = await start_server(
+                application, run_worker=run_worker, extra_handlers=extra_handlers
+            )
+        except BaseException:
+            await application.close()
+            raise
+        received = await stop_signal
     application.logger.info("signal received", extra={"signal": received.name})
     await running.shutdown(settings.shutdown_grace_seconds)
 
@@ -232,14 +244,16 @@ async def run_worker_process(settings: Settings) -> None:
     stop = asyncio.Event()
     try:
         application.check_shared_state()
+        await application.check_cache()
         await application.check_schema()
         worker = Worker(
             background_jobs(application.queue_worker),
             application.logger,
             stop_grace_seconds=settings.shutdown_grace_seconds,
         )
-        task = asyncio.create_task(worker.run(stop))
-        received = await wait_for_stop_signal((signal.SIGTERM, signal.SIGINT))
+        with stop_signals((signal.SIGTERM, signal.SIGINT)) as stop_signal:
+            task = asyncio.create_task(worker.run(stop))
+            received = await stop_signal
         application.logger.info("signal received", extra={"signal": received.name})
         stop.set()
         await task

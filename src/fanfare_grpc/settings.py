@@ -96,6 +96,21 @@ class Settings:
         """Where schema changes and key re-wrapping connect (the tables' owner)."""
         return self.database_owner_url or self.effective_database_url
 
+    @property
+    def database_setting(self) -> str:
+        """The variable that chose ``effective_database_url`` (named in errors)."""
+        return "FANFARE_DATABASE_URL" if self.database_url else "FANFARE_DATA_DIR"
+
+    @property
+    def owner_database_setting(self) -> str:
+        """The variable that chose ``effective_owner_database_url`` (named in errors)."""
+        return "FANFARE_DATABASE_OWNER_URL" if self.database_owner_url else self.database_setting
+
+    @property
+    def uses_data_dir(self) -> bool:
+        """Whether the embedded SQLite file or the dev master key live in ``data_dir``."""
+        return self.database_url is None or self.master_key is None
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read settings from ``FANFARE_*`` variables (``os.environ`` by default).

@@ -11,8 +11,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
+
+from fanfare_grpc.backends import is_backend_unavailable
+from fanfare_grpc.outages import OutageLog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +37,12 @@ class Worker:
         logger: logging.Logger,
         *,
         stop_grace_seconds: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._jobs = tuple(jobs)
         self._logger = logger
         self._stop_grace = stop_grace_seconds
+        self._monotonic = monotonic
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run every job until ``stop`` is set.
@@ -59,11 +65,17 @@ class Worker:
             self._logger.info("worker stopped")
 
     async def _loop(self, job: PeriodicJob, stop: asyncio.Event) -> None:
+        outage = OutageLog(self._logger, f"background job {job.name}", clock=self._monotonic)
         while not stop.is_set():
             try:
                 await job.run()
-            except Exception:
-                self._logger.exception("background job failed", extra={"job": job.name})
+            except Exception as error:
+                if is_backend_unavailable(error):
+                    outage.failed(error)
+                else:
+                    self._logger.exception("background job failed", extra={"job": job.name})
+            else:
+                outage.succeeded()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=job.interval_seconds)
 

@@ -125,7 +125,7 @@ async def test_the_service_connects_as_a_login_role_subject_to_rls(
         )
     )
     try:
-        assert await application.check_schema()
+        await application.check_schema()  # raises unless reachable and up to date
         created = await _organization(application, "Acme")  # the service works as this role
         assert await application.organizations.get(created.organization.organization_id)
         async with application.database.engine.connect() as connection:

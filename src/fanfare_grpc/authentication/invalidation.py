@@ -6,7 +6,9 @@ import asyncio
 import logging
 
 from fanfare_grpc.authentication.key_verifier import KeyVerifier
+from fanfare_grpc.backends import is_backend_unavailable
 from fanfare_grpc.cache.protocols import PubSub
+from fanfare_grpc.outages import OutageLog
 
 CHANNEL = "api-keys:changed"
 RECONNECT_DELAY_SECONDS = 0.5
@@ -38,6 +40,9 @@ class KeyInvalidationListener:
         self._pubsub = pubsub
         self._verifier = verifier
         self._logger = logger
+        self._outage = OutageLog(
+            logger, "key invalidation channel", meanwhile="cached API keys re-checked every 1 s"
+        )
         self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
@@ -49,18 +54,24 @@ class KeyInvalidationListener:
                     self._verifier.everything_changed()
                     self._verifier.invalidations_connected = True
                     self.subscribed.set()
+                    self._outage.succeeded()
                     async for key_id in subscription:
                         self._verifier.key_changed(key_id)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as error:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     # Cleanup failed while we were being cancelled: stop, do not retry.
                     raise asyncio.CancelledError from None
-                self._logger.warning(
-                    "key invalidation channel lost; re-checking keys every 1 s", exc_info=True
-                )
+                if is_backend_unavailable(error):
+                    # Redis is down: say so once, not twice a second with a traceback.
+                    self._outage.failed(error)
+                else:
+                    self._logger.warning(
+                        "key invalidation channel lost; re-checking keys every 1 s",
+                        exc_info=True,
+                    )
             finally:
                 self._verifier.invalidations_connected = False
                 self.subscribed.clear()

@@ -8,6 +8,9 @@ import logging
 from collections.abc import Iterable
 from typing import Protocol
 
+from fanfare_grpc.backends import is_backend_unavailable
+from fanfare_grpc.outages import OutageLog
+
 FLUSH_INTERVAL_SECONDS = 5.0
 
 
@@ -25,6 +28,7 @@ class KeyUsageRecorder:
     def __init__(self, store: LastUsedStore, logger: logging.Logger) -> None:
         self._store = store
         self._logger = logger
+        self._outage = OutageLog(logger, "key usage recording", meanwhile="uses kept in memory")
         self._pending: dict[tuple[str, str], dt.datetime] = {}
 
     def note(self, organization_id: str, key_id: str, used_at: dt.datetime) -> None:
@@ -41,10 +45,15 @@ class KeyUsageRecorder:
                 (organization_id, key_id, used_at)
                 for (organization_id, key_id), used_at in batch.items()
             )
-        except Exception:
-            self._logger.warning("could not record key usage; will retry", exc_info=True)
+        except Exception as error:
+            if is_backend_unavailable(error):
+                self._outage.failed(error)
+            else:
+                self._logger.warning("could not record key usage; will retry", exc_info=True)
             for entry, used_at in batch.items():
                 self._pending.setdefault(entry, used_at)
+        else:
+            self._outage.succeeded()
 
     async def run(self, interval_seconds: float = FLUSH_INTERVAL_SECONDS) -> None:
         """Flush periodically until cancelled (then flush once more)."""

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from fanfare_grpc.crypto.aead import KEY_LENGTH
+from fanfare_grpc.private_files import make_private_directory
 
 DEV_KEY_FILE = "master_keys"
 
@@ -98,7 +99,7 @@ def add_dev_master_key(data_dir: Path) -> MasterKey:
 
 def _read_or_create_dev_keys(path: Path) -> list[MasterKey]:
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_directory(path.parent)
         # O_EXCL + 0600: never readable by others, never clobbered by a second process.
         try:
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from fanfare_grpc.backends import backend_error_reason
+from fanfare_grpc.private_files import prepare_sqlite_file
 from fanfare_grpc.storage.postgres import ORG_SETTING, SWITCH_TO_APP_ROLE_SQL
 
 _ASYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite+aiosqlite"}
@@ -38,6 +40,38 @@ def async_database_url(url: str) -> URL:
     return parsed.set(drivername=_ASYNC_DRIVERS[backend])
 
 
+def database_location(url: str | URL) -> str:
+    """Where ``url`` points, fit for messages: a SQLite file or ``host:port/db``.
+
+    Never includes the user name or password.
+    """
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.database or ":memory:"
+    return f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+
+
+class DatabaseUnreachable(RuntimeError):
+    """The database cannot be reached or opened; the message says where and what to check."""
+
+    def __init__(self, url: URL, reason: str, setting: str) -> None:
+        if url.password:
+            reason = reason.replace(str(url.password), "***")
+        location = database_location(url)
+        if url.get_backend_name() == "sqlite":
+            message = (
+                f"cannot open the SQLite database {location} ({reason}): check that its "
+                f"directory exists and this user may write there ({setting})"
+            )
+        else:
+            message = (
+                f"cannot reach the PostgreSQL database {location} ({reason}): check that "
+                f"PostgreSQL is up at that address, and {setting} (host, port, user, "
+                "password, database name)"
+            )
+        super().__init__(message)
+
+
 def create_engine(url: str, *, as_owner: bool = False) -> AsyncEngine:
     """An async engine for ``url`` with settings fit for a long-running server.
 
@@ -54,14 +88,20 @@ def create_engine(url: str, *, as_owner: bool = False) -> AsyncEngine:
     # Statement parameters (hashes, ciphertexts) never appear in exception texts.
     options: dict[str, Any] = {"hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         options["connect_args"] = {"timeout": 30}
         # Each aiosqlite connection is a thread; SQLite runs one writer at a time
         # anyway, and more threads only fight over the GIL (measured in bench/).
         options["pool_size"] = 2
         options["max_overflow"] = 2
         engine = create_async_engine(parsed, **options)
+        if parsed.database and parsed.database != ":memory:":
+            database_file = Path(parsed.database)
+            # Before each connect, not now: building an engine touches no files.
+            event.listen(
+                engine.sync_engine,
+                "do_connect",
+                lambda *_: prepare_sqlite_file(database_file),
+            )
         event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
         return engine
     options["connect_args"] = {"connect_timeout": 5}
@@ -94,14 +134,47 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """Owns the engine; hands out sessions; answers health probes."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, setting: str = "FANFARE_DATABASE_URL") -> None:
         self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._setting = setting
 
     @classmethod
-    def from_url(cls, url: str, *, as_owner: bool = False) -> Database:
-        """Build the engine for ``url`` (no connection is made yet)."""
-        return cls(create_engine(url, as_owner=as_owner))
+    def from_url(
+        cls, url: str, *, as_owner: bool = False, setting: str = "FANFARE_DATABASE_URL"
+    ) -> Database:
+        """Build the engine for ``url`` (no connection is made yet).
+
+        ``setting`` names the configuration an operator should check when the
+        database cannot be reached.
+        """
+        return cls(create_engine(url, as_owner=as_owner), setting=setting)
+
+    @property
+    def location(self) -> str:
+        """The SQLite file or PostgreSQL ``host:port/db`` (no credentials)."""
+        return database_location(self.engine.url)
+
+    def unreachable(self, error: BaseException) -> DatabaseUnreachable:
+        """The operator-facing error for a failed connection attempt."""
+        return DatabaseUnreachable(self.engine.url, backend_error_reason(error), self._setting)
+
+    async def require_reachable(self, timeout_seconds: float = 10.0) -> None:
+        """Connect once and run a trivial query.
+
+        Raises:
+            DatabaseUnreachable: It failed or took longer than ``timeout_seconds``.
+        """
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                async with self.engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+        except TimeoutError as error:
+            raise DatabaseUnreachable(
+                self.engine.url, f"no answer within {timeout_seconds:g} s", self._setting
+            ) from error
+        except (SQLAlchemyError, OSError) as error:
+            raise self.unreachable(error) from error
 
     @asynccontextmanager
     async def transaction(self, organization_id: str | None) -> AsyncIterator[AsyncSession]:
@@ -126,12 +199,10 @@ class Database:
     async def ping(self, timeout_seconds: float) -> bool:
         """True if a trivial query succeeds within ``timeout_seconds``."""
         try:
-            async with asyncio.timeout(timeout_seconds):
-                async with self.engine.connect() as connection:
-                    await connection.execute(text("SELECT 1"))
-            return True
-        except (SQLAlchemyError, OSError, TimeoutError):
+            await self.require_reachable(timeout_seconds)
+        except DatabaseUnreachable:
             return False
+        return True
 
     async def dispose(self) -> None:
         """Close every pooled connection."""

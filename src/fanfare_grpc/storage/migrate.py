@@ -29,13 +29,18 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
-async def upgrade_to_head(database_url: str) -> None:
+async def upgrade_to_head(database_url: str, *, setting: str = "FANFARE_DATABASE_URL") -> None:
     """Apply every pending migration (idempotent), connected as the tables' owner.
 
     On PostgreSQL an advisory lock serialises replicas that start together.
+
+    Raises:
+        DatabaseUnreachable: The database cannot be reached (``setting`` names the
+            configuration to check).
     """
-    owner = Database.from_url(database_url, as_owner=True)
+    owner = Database.from_url(database_url, as_owner=True, setting=setting)
     try:
+        await owner.require_reachable()
         async with owner.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 await connection.execute(

@@ -1,0 +1,183 @@
+"""Backend outages under a running server: one log line when one starts, one when it ends,
+never a traceback per retry (the worker ticks every second, the key invalidation
+channel reconnects twice a second)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from fanfare.auth.v1 import auth_service_pb2 as auth
+from fanfare.auth.v1 import auth_service_pb2_grpc
+from grpc import aio
+from sqlalchemy import make_url
+
+from fanfare_grpc.app import LOGGER_NAME
+from fanfare_grpc.worker import QUEUE_TICK_SECONDS
+from tests.backends import REDIS_URL
+from tests.conftest import embedded_settings, new_organization, start_migrated_server
+from tests.grpc_helpers import bearer
+from tests.tcp_proxy import TcpProxy
+
+
+@pytest.fixture
+async def redis_proxy() -> AsyncIterator[tuple[TcpProxy, str]]:
+    url = make_url(REDIS_URL)
+    tcp_proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
+    await tcp_proxy.start()
+    try:
+        yield tcp_proxy, url.set(host="127.0.0.1", port=tcp_proxy.port).render_as_string()
+    finally:
+        await tcp_proxy.close()
+
+
+@pytest.fixture
+async def proxy(postgres_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    url = make_url(postgres_url)
+    tcp_proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await tcp_proxy.start()
+    try:
+        yield (
+            tcp_proxy,
+            url.set(host="127.0.0.1", port=tcp_proxy.port).render_as_string(hide_password=False),
+        )
+    finally:
+        await tcp_proxy.close()
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def service_logs() -> Iterator[_Records]:
+    handler = _Records()
+    logger = logging.getLogger(LOGGER_NAME)
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+def _worker_lines(logs: _Records) -> list[logging.LogRecord]:
+    return [
+        record
+        for record in logs.records
+        if record.__dict__.get("job") or record.getMessage().startswith("background job")
+    ]
+
+
+async def test_worker_logs_a_database_outage_once_and_its_recovery_once(
+    proxy: tuple[TcpProxy, str], tmp_path: Path, redis_prefix: str, service_logs: _Records
+) -> None:
+    tcp_proxy, proxied_url = proxy
+    settings = dataclasses.replace(
+        embedded_settings(tmp_path),
+        database_url=proxied_url,
+        redis_url=REDIS_URL,
+        redis_key_prefix=redis_prefix,
+        health_check_timeout_seconds=1.0,
+    )
+    server = await start_migrated_server(settings)
+    try:
+        tcp_proxy.cut()
+        # Several of the worker's ticks fail meanwhile.
+        await asyncio.sleep(4 * QUEUE_TICK_SECONDS)
+        during = _worker_lines(service_logs)
+        [outage] = during  # not one per tick
+        assert outage.levelno == logging.WARNING
+        # The reason depends on when the cut hit (mid-connection or at connect).
+        assert outage.getMessage().startswith("background job queues: database unreachable (")
+        assert outage.getMessage().endswith("reported again every 60 s until it recovers")
+        assert all(record.exc_info is None for record in service_logs.records)
+        tcp_proxy.restore()
+        async with asyncio.timeout(15):
+            while len(_worker_lines(service_logs)) < 2:
+                await asyncio.sleep(0.05)
+        recovery = _worker_lines(service_logs)[1]
+        assert recovery.levelno == logging.INFO
+        assert recovery.getMessage().startswith("background job queues: recovered after ")
+        await asyncio.sleep(2 * QUEUE_TICK_SECONDS)
+        assert len(_worker_lines(service_logs)) == 2  # nothing more once it is back
+    finally:
+        await server.shutdown(grace_seconds=1.0)
+
+
+def _invalidation_lines(logs: _Records) -> list[logging.LogRecord]:
+    return [record for record in logs.records if "key invalidation" in record.getMessage()]
+
+
+async def test_key_invalidation_channel_logs_a_redis_outage_once_and_its_recovery_once(
+    redis_proxy: tuple[TcpProxy, str], tmp_path: Path, redis_prefix: str, service_logs: _Records
+) -> None:
+    tcp_proxy, proxied_url = redis_proxy
+    settings = dataclasses.replace(
+        embedded_settings(tmp_path), redis_url=proxied_url, redis_key_prefix=redis_prefix
+    )
+    server = await start_migrated_server(settings, run_worker=False)
+    try:
+        assert server.application.key_invalidation_listener.subscribed.is_set()
+        tcp_proxy.cut()
+        await asyncio.sleep(3)  # six reconnection attempts
+        [outage] = _invalidation_lines(service_logs)
+        assert outage.levelno == logging.WARNING
+        assert outage.getMessage().startswith("key invalidation channel: cache unreachable (")
+        assert "cached API keys re-checked every 1 s" in outage.getMessage()
+        assert all(record.exc_info is None for record in service_logs.records)
+        tcp_proxy.restore()
+        await asyncio.wait_for(
+            server.application.key_invalidation_listener.subscribed.wait(), timeout=15
+        )
+        recovery = _invalidation_lines(service_logs)[1:]
+        assert [record.levelno for record in recovery] == [logging.INFO]
+        assert recovery[0].getMessage().startswith("key invalidation channel: recovered after ")
+    finally:
+        await server.shutdown(grace_seconds=1.0)
+
+
+async def test_key_usage_recording_logs_a_database_outage_once_and_its_recovery_once(
+    proxy: tuple[TcpProxy, str], tmp_path: Path, redis_prefix: str, service_logs: _Records
+) -> None:
+    tcp_proxy, proxied_url = proxy
+    settings = dataclasses.replace(
+        embedded_settings(tmp_path),
+        database_url=proxied_url,
+        redis_url=REDIS_URL,
+        redis_key_prefix=redis_prefix,
+    )
+    server = await start_migrated_server(settings, run_worker=False)
+    try:
+        organization = await new_organization(server)
+        async with aio.insecure_channel(server.address) as channel:
+            stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+            await stub.ListApiKeys(
+                auth.ListApiKeysRequest(), metadata=bearer(organization.test_admin_key.plaintext)
+            )
+        usage = server.application.key_usage
+        tcp_proxy.cut()
+        for _ in range(3):  # three flush intervals
+            await usage.flush()
+        [outage] = [r for r in service_logs.records if "key usage" in r.getMessage()]
+        assert outage.levelno == logging.WARNING
+        assert outage.getMessage().startswith("key usage recording: database unreachable (")
+        assert all(record.exc_info is None for record in service_logs.records)
+        tcp_proxy.restore()
+        await usage.flush()  # the kept uses are written now
+        recovery = [r for r in service_logs.records if "key usage" in r.getMessage()][1:]
+        assert [record.levelno for record in recovery] == [logging.INFO]
+        assert recovery[0].getMessage().startswith("key usage recording: recovered after ")
+    finally:
+        await server.shutdown(grace_seconds=1.0)
