@@ -113,7 +113,8 @@ FANOUT_STREAMS = {
     "watch_position_fanout_10k": 10_000,
 }
 STREAMS_PER_CLIENT_PROCESS = 5_000
-STREAMS_PER_CHANNEL = 250
+# FANFARE_MAX_CONCURRENT_STREAMS (default 100): more would wait in the client's queue.
+STREAMS_PER_CHANNEL = 100
 # One heartbeat period of the position feed: every idle stream gets one message.
 IDLE_WINDOW_SECONDS = 5.0
 

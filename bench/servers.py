@@ -251,6 +251,8 @@ def sut_env(data_dir: Path, options: SutOptions) -> dict[str, str]:
             "FANFARE_LISTEN": f"{LOOPBACK}:0",
             "FANFARE_LOG_LEVEL": options.log_level,
             "FANFARE_SHUTDOWN_GRACE_SECONDS": "2",
+            # Every simulated shopper connects from loopback: one client address.
+            "FANFARE_WATCH_STREAMS_PER_CLIENT": "1000000",
         }
     )
     env.update(options.extra_env)

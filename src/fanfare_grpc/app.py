@@ -37,6 +37,7 @@ from fanfare_grpc.domain.queue_admission import QueueWorker
 from fanfare_grpc.domain.queue_config import QueueConfigService
 from fanfare_grpc.domain.queue_entries import QueueEntries, QueueStateDropper
 from fanfare_grpc.domain.session_service import SessionService, TokenLifetimes
+from fanfare_grpc.domain.stream_slots import StreamLimits, StreamSlots
 from fanfare_grpc.login_codes.sender import LogCodeSender
 from fanfare_grpc.login_codes.smtp import SmtpCodeSender, SmtpConfig
 from fanfare_grpc.permissions import PERMISSIONS, MethodPolicy
@@ -231,7 +232,18 @@ class Application:
             events=events,
             queue_config=queue_config,
             queue_entries=queue_entries,
-            position_feed=PositionFeed(queue_entries, logger),
+            position_feed=PositionFeed(
+                queue_entries,
+                StreamSlots(
+                    StreamLimits(
+                        per_session=settings.watch_streams_per_session,
+                        per_client=settings.watch_streams_per_client,
+                    ),
+                    # Keys in-memory counts only: a change at master-key rotation is harmless.
+                    envelope.deployment_ip_digester().digest,
+                ),
+                logger,
+            ),
             queue_worker=QueueWorker(
                 queue_store, queue_config, queue_entries, cache.values, clock=clock, logger=logger
             ),

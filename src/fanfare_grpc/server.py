@@ -23,15 +23,21 @@ from fanfare_grpc.servicers import register_servicers
 from fanfare_grpc.settings import Settings
 from fanfare_grpc.worker import Worker, background_jobs
 
-_SERVER_OPTIONS = (
-    # Without this, a second server could bind the same fixed port and share traffic.
-    ("grpc.so_reuseport", 0),
-    # gRPC's default soft limit (8 KiB) rejects oversized metadata at random with
-    # RESOURCE_EXHAUSTED; with room above it, an oversized credential reaches
-    # authentication and gets the same UNAUTHENTICATED as any other bad key.
-    ("grpc.max_metadata_size", 32 * 1024),
-    ("grpc.absolute_max_metadata_size", 64 * 1024),
-)
+
+def server_options(settings: Settings) -> tuple[tuple[str, int], ...]:
+    """The grpc core options of the server."""
+    return (
+        # Without this, a second server could bind the same fixed port and share traffic.
+        ("grpc.so_reuseport", 0),
+        # gRPC's default soft limit (8 KiB) rejects oversized metadata at random with
+        # RESOURCE_EXHAUSTED; with room above it, an oversized credential reaches
+        # authentication and gets the same UNAUTHENTICATED as any other bad key.
+        ("grpc.max_metadata_size", 32 * 1024),
+        ("grpc.absolute_max_metadata_size", 64 * 1024),
+        # Unlimited by default: one connection could hold thousands of calls. Past this,
+        # a client's further calls wait in its own HTTP/2 queue, not in our memory.
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+    )
 
 
 # Background tasks get this long to finish after cancellation (e.g. a final flush).
@@ -126,7 +132,9 @@ async def start_server(
     await application.check_cache()
     await application.check_schema()
 
-    server = aio.server(interceptors=build_interceptor_chain(application), options=_SERVER_OPTIONS)
+    server = aio.server(
+        interceptors=build_interceptor_chain(application), options=server_options(settings)
+    )
     service_names = register_servicers(server, application)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

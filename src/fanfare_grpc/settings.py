@@ -56,6 +56,12 @@ class Settings:
             ``None``: test mode writes codes to the server log, live mode refuses logins.
         smtp_from: Sender address of login code emails.
         smtp_ca_file: Extra CA bundle trusted for the SMTP server's certificate.
+        watch_streams_per_session: Open ``WatchPosition`` streams one consumer session
+            may hold on one replica; more are refused with RESOURCE_EXHAUSTED.
+        watch_streams_per_client: Open ``WatchPosition`` streams one client IP address
+            may hold on one replica (all its sessions); room for shoppers behind NAT.
+        max_concurrent_streams: HTTP/2 streams (calls in flight) one client connection
+            may have open; further calls on that connection wait for a free one.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -83,6 +89,9 @@ class Settings:
     smtp_url: str | None = dataclasses.field(default=None, repr=False)
     smtp_from: str = "Fanfare <no-reply@localhost>"
     smtp_ca_file: Path | None = None
+    watch_streams_per_session: int = 4
+    watch_streams_per_client: int = 64
+    max_concurrent_streams: int = 100
 
     @property
     def effective_database_url(self) -> str:
@@ -151,6 +160,18 @@ class Settings:
                 raise SettingsError(f"{name} must be positive")
             return parsed
 
+        def count(name: str, default: int) -> int:
+            value = text(name)
+            if value is None:
+                return default
+            try:
+                parsed = int(value)
+            except ValueError:
+                raise SettingsError(f"{name} must be a whole number") from None
+            if parsed <= 0:
+                raise SettingsError(f"{name} must be positive")
+            return parsed
+
         def items(name: str) -> tuple[str, ...]:
             return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
 
@@ -198,6 +219,15 @@ class Settings:
             smtp_url=text("FANFARE_SMTP_URL"),
             smtp_from=text("FANFARE_SMTP_FROM") or defaults.smtp_from,
             smtp_ca_file=path("FANFARE_SMTP_CA_FILE"),
+            watch_streams_per_session=count(
+                "FANFARE_WATCH_STREAMS_PER_SESSION", defaults.watch_streams_per_session
+            ),
+            watch_streams_per_client=count(
+                "FANFARE_WATCH_STREAMS_PER_CLIENT", defaults.watch_streams_per_client
+            ),
+            max_concurrent_streams=count(
+                "FANFARE_MAX_CONCURRENT_STREAMS", defaults.max_concurrent_streams
+            ),
         )
         if settings.smtp_url is not None:
             try:

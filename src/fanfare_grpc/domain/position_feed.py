@@ -7,7 +7,8 @@ status changes, when its place moved materially (by at least 1 %, or to the
 front), when the queue's status changes, and at least every ``heartbeat``. The
 state is shared through the cache, so an admission made by any replica's worker
 reaches watchers on every replica. A watcher that goes away is dropped at once;
-the last one of a queue stops its poller.
+the last one of a queue stops its poller. Every stream holds a slot of its session
+and of its client (``StreamSlots``) while it runs.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from fanfare_grpc import errors
 from fanfare_grpc.domain.queue_config import QUEUE_NOT_FOUND
 from fanfare_grpc.domain.queue_entries import Position, QueueEntries, queue_ref
 from fanfare_grpc.domain.queue_state import EntryStatus, QueueRef
 from fanfare_grpc.domain.queues import QueueStatus
+from fanfare_grpc.domain.stream_slots import StreamSlots
 
 YIELD_EVERY = 200
 TERMINAL_ENTRY_STATUSES = frozenset(
@@ -50,6 +52,15 @@ def _moved_materially(previous: Position, current: Position) -> bool:
     if current.position <= 10:
         return True
     return abs(previous.position - current.position) >= max(1, previous.position // 100)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamCaller:
+    """Who opened a stream: the consumer, its session and its address (for the caps)."""
+
+    consumer_id: str
+    session_id: str
+    client_host: str
 
 
 # eq=False: watchers are distinct by identity (they live in sets).
@@ -79,6 +90,7 @@ class PositionFeed:
     def __init__(
         self,
         entries: QueueEntries,
+        slots: StreamSlots,
         logger: logging.Logger,
         *,
         interval: float = 1.0,
@@ -86,6 +98,7 @@ class PositionFeed:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._entries = entries
+        self._slots = slots
         self._logger = logger
         self._interval = interval
         self._heartbeat = heartbeat
@@ -98,46 +111,70 @@ class PositionFeed:
         entries.on_admitted(self._wake)
 
     @property
+    def open_streams(self) -> int:
+        """Streams of this process holding a slot (from before their first message)."""
+        return self._slots.open_streams
+
+    @property
     def watcher_count(self) -> int:
-        """Open streams in this process."""
+        """Streams of this process waiting for updates (past their first message)."""
         return sum(len(group) for group in self._watchers.values())
 
     async def watch(
-        self, organization_id: str, mode: str, queue_id: str, consumer_id: str
-    ) -> AsyncIterator[Position]:
+        self,
+        organization_id: str,
+        mode: str,
+        queue_id: str,
+        caller: StreamCaller,
+    ) -> AsyncGenerator[Position, None]:
         """The consumer's position now, then every material change, until final.
 
+        The stream holds one of its session's and one of its client's slots from
+        before the first read until it ends, however it ends.
+
         Raises:
+            ResourceExhausted: The session or the client has too many streams open.
             NotFound: No such queue here, or the consumer never entered it.
         """
-        first = await self._entries.position(organization_id, mode, queue_id, consumer_id)
-        yield first
-        if is_final(first):
-            return
-        ref = queue_ref(first.queue)
-        watcher = _Watcher(consumer_id, first, self._monotonic())
+        with self._slots.hold(organization_id, mode, caller.session_id, caller.client_host):
+            first = await self._entries.position(
+                organization_id, mode, queue_id, caller.consumer_id
+            )
+            yield first
+            if is_final(first):
+                return
+            ref = queue_ref(first.queue)
+            watcher = self._add_watcher(ref, _Watcher(caller.consumer_id, first, self._monotonic()))
+            try:
+                while True:
+                    position = await watcher.updates.get()
+                    if position is None:
+                        raise errors.NotFound(QUEUE_NOT_FOUND)
+                    yield position
+                    if is_final(position):
+                        return
+            finally:
+                self._remove_watcher(ref, watcher)
+
+    def _add_watcher(self, ref: QueueRef, watcher: _Watcher) -> _Watcher:
         self._watchers.setdefault(ref, set()).add(watcher)
         if ref not in self._pollers:
             self._pollers[ref] = asyncio.create_task(
-                self._poll(ref, organization_id, mode, queue_id), name=f"positions {queue_id}"
+                self._poll(ref, ref.organization_id, ref.mode, ref.queue_id),
+                name=f"positions {ref.queue_id}",
             )
-        try:
-            while True:
-                position = await watcher.updates.get()
-                if position is None:
-                    raise errors.NotFound(QUEUE_NOT_FOUND)
-                yield position
-                if is_final(position):
-                    return
-        finally:
-            group = self._watchers.get(ref)
-            if group is not None:
-                group.discard(watcher)
-                if not group:
-                    del self._watchers[ref]
-                    poller = self._pollers.pop(ref, None)
-                    if poller is not None:
-                        poller.cancel()
+        return watcher
+
+    def _remove_watcher(self, ref: QueueRef, watcher: _Watcher) -> None:
+        group = self._watchers.get(ref)
+        if group is None:
+            return
+        group.discard(watcher)
+        if not group:
+            del self._watchers[ref]
+            poller = self._pollers.pop(ref, None)
+            if poller is not None:
+                poller.cancel()
 
     def _wake(self, ref: QueueRef) -> None:
         wakeup = self._wakeups.get(ref)

@@ -3,7 +3,8 @@
 Order (ARCHITECTURE.md): 1 request context, 2 audit capture, 3 pre-auth IP rate
 limit, 4 authentication, 5 principal rate limit, 6 authorization, 7 request
 validation, then idempotency and the servicer. Slots 2, 3 and 5 are filled by the
-issues that build them.
+issues that build them. Outside them all, the stream writer (transport only) closes
+every streaming call's layers in the call's own task however the call ends.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from fanfare_grpc.interceptors.authorization import AuthorizationInterceptor
 from fanfare_grpc.interceptors.idempotency import IdempotencyInterceptor
 from fanfare_grpc.interceptors.request_context import RequestContextInterceptor
 from fanfare_grpc.interceptors.response_headers import ResponseHeadersInterceptor
+from fanfare_grpc.interceptors.stream_writer import StreamWriterInterceptor
 from fanfare_grpc.interceptors.validation import RequestValidationInterceptor
 
 
 def build_interceptor_chain(application: Application) -> list[aio.ServerInterceptor]:
     """All server interceptors, outermost first."""
     return [
+        StreamWriterInterceptor(),
         RequestContextInterceptor(application.logger),
         AuthenticationInterceptor(
             application.permissions,

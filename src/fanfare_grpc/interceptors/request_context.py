@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -39,8 +39,13 @@ from fanfare_grpc.logs import BUDGETED
 
 _QUIET_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 UNAVAILABLE_MESSAGE = "service temporarily unavailable, retry later"
-# A gRPC outcome already (an inner abort) or the client went away: nothing to map.
-_ALREADY_AN_OUTCOME = (aio.AbortError, asyncio.CancelledError, GeneratorExit)
+# grpc cancels the call's task when the client cancels, disconnects or its deadline
+# passes (and at shutdown); a stream is closed (GeneratorExit) when a write fails
+# for the same reasons.
+_ENDED_BY_THE_CALL = (asyncio.CancelledError, GeneratorExit)
+# The client's own timer usually ends a call a moment before the server's copy of
+# the deadline (which started when the request arrived) runs out.
+_DEADLINE_MARGIN_SECONDS = 0.1
 
 
 class RequestContextInterceptor(BehaviourInterceptor):
@@ -65,9 +70,12 @@ class RequestContextInterceptor(BehaviourInterceptor):
         request: Any,
         context: aio.ServicerContext[Any, Any],
         method: str,
-    ) -> AsyncIterator[Any]:
-        async with self._call_scope(method, context):
-            async for response in behaviour(request, context):
+    ) -> AsyncGenerator[Any, None]:
+        async with (
+            self._call_scope(method, context),
+            contextlib.aclosing(behaviour(request, context)) as responses,
+        ):
+            async for response in responses:
                 yield response
 
     @contextlib.asynccontextmanager
@@ -78,15 +86,20 @@ class RequestContextInterceptor(BehaviourInterceptor):
         state = CallState(method=method)
         state.add_response_header(REQUEST_ID_HEADER, state.request_id)
         token = bind_call_state(state)
+        ended_early: grpc.StatusCode | None = None
         try:
             yield state
-        except _ALREADY_AN_OUTCOME:
+        except _ENDED_BY_THE_CALL:
+            # The call ended before the behaviour did: context.code() still says OK.
+            ended_early = _why_ended_early(context)
             raise
+        except aio.AbortError:
+            raise  # an inner layer's abort is a gRPC outcome already: nothing to map
         except Exception as error:
             await self._abort_with(self._map(error, state), context, state)
             raise  # unreachable: abort raises
         finally:
-            self._log_outcome(state, context)
+            self._log_outcome(state, context, ended_early)
             reset_call_state(token)
 
     @staticmethod
@@ -121,8 +134,13 @@ class RequestContextInterceptor(BehaviourInterceptor):
         )
         return status_for_unexpected()
 
-    def _log_outcome(self, state: CallState, context: aio.ServicerContext[Any, Any]) -> None:
-        code = context.code() or grpc.StatusCode.OK
+    def _log_outcome(
+        self,
+        state: CallState,
+        context: aio.ServicerContext[Any, Any],
+        ended_early: grpc.StatusCode | None,
+    ) -> None:
+        code = ended_early or context.code() or grpc.StatusCode.OK
         if isinstance(code, int):
             code = _code_from_int(code)
         level = logging.DEBUG if state.method.startswith(_QUIET_METHOD_PREFIXES) else logging.INFO
@@ -138,6 +156,13 @@ class RequestContextInterceptor(BehaviourInterceptor):
                 BUDGETED: state.principal is None,
             },
         )
+
+
+def _why_ended_early(context: aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= _DEADLINE_MARGIN_SECONDS:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 def _code_from_int(value: int) -> grpc.StatusCode:

@@ -4,12 +4,18 @@
 request metadata. Layers that need the request, the servicer context (peer,
 ``auth_context()``, status) or the outcome wrap the method handler's behaviour, as
 grpc-interceptor does; unary and streaming variants are handled here once.
+
+Each streaming layer is an async generator iterating the next one. A layer closes the
+generator it iterates (``contextlib.aclosing``) when it ends for any reason, so a
+stream that ends early (client gone, deadline, error) unwinds every layer down to the
+servicer in the call's own task, not later in a garbage-collector finalizer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -17,7 +23,7 @@ from grpc import aio
 
 UnaryBehaviour = Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]
 Deserializer = Callable[[bytes], Any]
-StreamBehaviour = Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+StreamBehaviour = Callable[[Any, aio.ServicerContext[Any, Any]], AsyncGenerator[Any, None]]
 
 
 async def call_unary(behaviour: Callable[..., Any], request: Any, context: Any) -> Any:
@@ -30,14 +36,18 @@ async def call_unary(behaviour: Callable[..., Any], request: Any, context: Any) 
 
 async def iterate_stream(
     behaviour: Callable[..., Any], request: Any, context: Any
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """Yield from a stream-response behaviour that may be sync or async."""
     result = behaviour(request, context)
     if inspect.isawaitable(result):
         result = await result
     if result is None:
         return
-    if hasattr(result, "__aiter__"):
+    if hasattr(result, "aclose"):
+        async with contextlib.aclosing(result) as responses:
+            async for response in responses:
+                yield response
+    elif hasattr(result, "__aiter__"):
         async for response in result:
             yield response
     else:
@@ -76,11 +86,12 @@ class BehaviourInterceptor(aio.ServerInterceptor):
         request: Any,
         context: aio.ServicerContext[Any, Any],
         method: str,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """Run the next layer of a stream-response call; override to act around it."""
         await self.before_call(request, context, method)
-        async for response in behaviour(request, context):
-            yield response
+        async with contextlib.aclosing(behaviour(request, context)) as responses:
+            async for response in responses:
+                yield response
 
     def unary_request_deserializer(self, deserializer: Deserializer) -> Deserializer:
         """How the body of a unary request is read; override to wrap it (grpcio runs
@@ -125,12 +136,16 @@ class BehaviourInterceptor(aio.ServerInterceptor):
 
         async def stream(
             request: Any, context: aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            def next_layer(req: Any, ctx: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        ) -> AsyncGenerator[Any, None]:
+            def next_layer(
+                req: Any, ctx: aio.ServicerContext[Any, Any]
+            ) -> AsyncGenerator[Any, None]:
                 return iterate_stream(inner_stream, req, ctx)
 
-            async for response in self.around_stream(next_layer, request, context, method):
-                yield response
+            layers = self.around_stream(next_layer, request, context, method)
+            async with contextlib.aclosing(layers) as responses:
+                async for response in responses:
+                    yield response
 
         stream_factory = (
             grpc.unary_stream_rpc_method_handler

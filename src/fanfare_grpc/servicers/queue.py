@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
@@ -9,14 +10,14 @@ from typing import Any
 from fanfare.queue.v1 import queue_pb2, queue_service_pb2, queue_service_pb2_grpc
 
 from fanfare_grpc.domain.access import KeyKind, Principal
-from fanfare_grpc.domain.position_feed import PositionFeed
+from fanfare_grpc.domain.position_feed import PositionFeed, StreamCaller
 from fanfare_grpc.domain.queue_config import NewQueue, QueueConfigService
 from fanfare_grpc.domain.queue_entries import HandoffVerdict, Position, QueueEntries
 from fanfare_grpc.domain.queue_state import EntryStatus
 from fanfare_grpc.domain.queues import Queue as QueueConfig
 from fanfare_grpc.domain.queues import QueueChanges, QueueStatus
 from fanfare_grpc.servicers import convert
-from fanfare_grpc.servicers.principal import current_principal
+from fanfare_grpc.servicers.principal import client_host, current_principal
 
 _QUEUE_STATUSES = {
     QueueStatus.DRAFT: queue_pb2.QUEUE_STATUS_DRAFT,
@@ -240,13 +241,15 @@ class QueueServicer(queue_service_pb2_grpc.QueueServiceServicer):
     ) -> AsyncIterator[queue_service_pb2.WatchPositionResponse]:
         principal = current_principal()
         organization_id, mode = principal.tenant()
-        async for position in self._feed.watch(
-            organization_id, mode.value, request.queue_id, _consumer(principal)
-        ):
-            yield queue_service_pb2.WatchPositionResponse(
-                entry=entry_message(position),
-                queue_status=_QUEUE_STATUSES[position.queue.status],
-            )
+        assert principal.session_id is not None, "authorization requires a consumer token"
+        caller = StreamCaller(_consumer(principal), principal.session_id, client_host())
+        positions = self._feed.watch(organization_id, mode.value, request.queue_id, caller)
+        async with contextlib.aclosing(positions):
+            async for position in positions:
+                yield queue_service_pb2.WatchPositionResponse(
+                    entry=entry_message(position),
+                    queue_status=_QUEUE_STATUSES[position.queue.status],
+                )
 
     async def LeaveQueue(
         self, request: queue_service_pb2.LeaveQueueRequest, context: Any
