@@ -40,6 +40,7 @@ from fanfare_grpc.domain.session_service import SessionService, TokenLifetimes
 from fanfare_grpc.domain.stream_slots import StreamLimits, StreamSlots
 from fanfare_grpc.login_codes.sender import LogCodeSender
 from fanfare_grpc.login_codes.smtp import SmtpCodeSender, SmtpConfig
+from fanfare_grpc.outages import RetriedFailureLog
 from fanfare_grpc.permissions import PERMISSIONS, MethodPolicy
 from fanfare_grpc.private_files import prepare_data_dir
 from fanfare_grpc.settings import Settings
@@ -242,7 +243,9 @@ class Application:
                     # Keys in-memory counts only: a change at master-key rotation is harmless.
                     envelope.deployment_ip_digester().digest,
                 ),
-                logger,
+                RetriedFailureLog(
+                    logger, "position refresh", meanwhile="streams keep their last position"
+                ),
             ),
             queue_worker=QueueWorker(
                 queue_store, queue_config, queue_entries, cache.values, clock=clock, logger=logger

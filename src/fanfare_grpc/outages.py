@@ -11,7 +11,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from fanfare_grpc.backends import backend_error_reason, unavailable_backend_name
+from fanfare_grpc.backends import (
+    backend_error_reason,
+    is_backend_unavailable,
+    unavailable_backend_name,
+)
 
 REMINDER_SECONDS = 60.0
 
@@ -80,3 +84,31 @@ class OutageLog:
             f"{self._activity}: recovered after {duration:.0f} s",
             extra={"activity": self._activity, "outage_seconds": round(duration, 3)},
         )
+
+
+class RetriedFailureLog:
+    """Failures of an activity that retries by itself: outages through ``OutageLog``,
+    anything else (a bug) with its traceback."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        activity: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        meanwhile: str = "",
+    ) -> None:
+        self._logger = logger
+        self._activity = activity
+        self._outage = OutageLog(logger, activity, clock=clock, meanwhile=meanwhile)
+
+    def failed(self, error: Exception) -> None:
+        """One attempt failed."""
+        if is_backend_unavailable(error):
+            self._outage.failed(error)
+        else:
+            self._logger.warning(f"{self._activity} failed", exc_info=error)
+
+    def succeeded(self) -> None:
+        """One attempt succeeded."""
+        self._outage.succeeded()

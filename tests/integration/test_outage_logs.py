@@ -13,14 +13,18 @@ from pathlib import Path
 import pytest
 from fanfare.auth.v1 import auth_service_pb2 as auth
 from fanfare.auth.v1 import auth_service_pb2_grpc
+from fanfare.queue.v1 import queue_service_pb2 as queues
 from grpc import aio
 from sqlalchemy import make_url
 
 from fanfare_grpc.app import LOGGER_NAME
 from fanfare_grpc.worker import QUEUE_TICK_SECONDS
 from tests.backends import REDIS_URL
+from tests.clock import MutableClock
 from tests.conftest import embedded_settings, new_organization, start_migrated_server
+from tests.consumers import consumer_world
 from tests.grpc_helpers import bearer
+from tests.queues import QueueWorld
 from tests.tcp_proxy import TcpProxy
 
 
@@ -181,3 +185,46 @@ async def test_key_usage_recording_logs_a_database_outage_once_and_its_recovery_
         assert recovery[0].getMessage().startswith("key usage recording: recovered after ")
     finally:
         await server.shutdown(grace_seconds=1.0)
+
+
+async def test_position_refresh_logs_a_redis_outage_once_and_its_recovery_once(
+    redis_proxy: tuple[TcpProxy, str], tmp_path: Path, redis_prefix: str, service_logs: _Records
+) -> None:
+    # Every watched queue's poller refreshes once a second: during an outage that was
+    # one warning with a traceback per queue and second.
+    tcp_proxy, proxied_url = redis_proxy
+    settings = dataclasses.replace(
+        embedded_settings(tmp_path), redis_url=proxied_url, redis_key_prefix=redis_prefix
+    )
+    clock = MutableClock()
+    server = await start_migrated_server(settings, clock=clock, run_worker=False)
+    try:
+        async with consumer_world(server, clock) as world:
+            qw = QueueWorld(world)
+            queue_id = await qw.open_queue()
+            shopper = await qw.shopper("device-1")
+            await qw.enter(queue_id, shopper)
+            call = qw.stub.WatchPosition(
+                queues.WatchPositionRequest(queue_id=queue_id), metadata=shopper.metadata
+            )
+            await call.read()
+            tcp_proxy.cut()
+            await asyncio.sleep(4)  # four refreshes fail
+            [outage] = _refresh_lines(service_logs)
+            assert outage.levelno == logging.WARNING
+            assert outage.getMessage().startswith("position refresh: cache unreachable (")
+            assert all(record.exc_info is None for record in _refresh_lines(service_logs))
+            tcp_proxy.restore()
+            async with asyncio.timeout(15):
+                while len(_refresh_lines(service_logs)) < 2:
+                    await asyncio.sleep(0.05)
+            recovery = _refresh_lines(service_logs)[1]
+            assert recovery.levelno == logging.INFO
+            assert recovery.getMessage().startswith("position refresh: recovered after ")
+            call.cancel()
+    finally:
+        await server.shutdown(grace_seconds=1.0)
+
+
+def _refresh_lines(logs: _Records) -> list[logging.LogRecord]:
+    return [record for record in logs.records if "position refresh" in record.getMessage()]

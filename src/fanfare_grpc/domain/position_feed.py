@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import time
 from collections.abc import AsyncGenerator, Callable
+from typing import Protocol
 
 from fanfare_grpc import errors
 from fanfare_grpc.domain.queue_config import QUEUE_NOT_FOUND
@@ -84,6 +84,18 @@ class _Watcher:
         self.sent_at = now
 
 
+class RefreshFailures(Protocol):
+    """Where failed refreshes are reported (throttled: they repeat every interval)."""
+
+    def failed(self, error: Exception) -> None:
+        """One refresh failed."""
+        ...
+
+    def succeeded(self) -> None:
+        """One refresh succeeded."""
+        ...
+
+
 class PositionFeed:
     """Position streams of every queue in this process."""
 
@@ -91,7 +103,7 @@ class PositionFeed:
         self,
         entries: QueueEntries,
         slots: StreamSlots,
-        logger: logging.Logger,
+        refresh_failures: RefreshFailures,
         *,
         interval: float = 1.0,
         heartbeat: float = 5.0,
@@ -99,7 +111,7 @@ class PositionFeed:
     ) -> None:
         self._entries = entries
         self._slots = slots
-        self._logger = logger
+        self._refresh_failures = refresh_failures
         self._interval = interval
         self._heartbeat = heartbeat
         self._monotonic = monotonic
@@ -200,12 +212,12 @@ class PositionFeed:
             await self._refresh(ref, organization_id, mode, queue_id)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as error:  # noqa: BLE001 - reported (and logged) just below
             # A cache or database hiccup: watchers keep their last position and the
-            # next interval tries again.
-            self._logger.warning(
-                "position refresh failed", extra={"queue_id": queue_id}, exc_info=True
-            )
+            # next interval tries again (an outage is logged once, not every second).
+            self._refresh_failures.failed(error)
+        else:
+            self._refresh_failures.succeeded()
 
     async def _refresh(self, ref: QueueRef, organization_id: str, mode: str, queue_id: str) -> None:
         watchers = list(self._watchers.get(ref, ()))
