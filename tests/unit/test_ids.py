@@ -17,3 +17,9 @@ def test_id_shape_check() -> None:
     assert not ids.has_id_shape("org_a/b", ids.ORGANIZATION)
     assert not ids.has_id_shape("org_" + "a" * 65, ids.ORGANIZATION)
     assert ids.has_id_shape("org_" + "a" * 64, ids.ORGANIZATION)
+
+
+def test_id_shape_of_non_strings_is_false() -> None:
+    # Values parsed from caller-supplied JSON (page tokens) reach this check.
+    for value in (None, 5, ["org_abc"], {"org_abc": 1}, b"org_abc"):
+        assert not ids.has_id_shape(value, ids.ORGANIZATION)

@@ -25,8 +25,14 @@ def new_id(prefix: str) -> str:
     return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(_RANDOM_LENGTH))
 
 
-def has_id_shape(value: str, prefix: str) -> bool:
-    """Whether ``value`` could be an id of this type (cheap pre-check, not a lookup)."""
+def has_id_shape(value: object, prefix: str) -> bool:
+    """Whether ``value`` could be an id of this type (cheap pre-check, not a lookup).
+
+    Takes any object: values parsed from caller-supplied JSON (page tokens) need not
+    be strings.
+    """
+    if not isinstance(value, str):
+        return False
     body = value[len(prefix) :]
     return (
         value.startswith(prefix)

@@ -90,7 +90,11 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             convert.kind_from_proto(request.kind),
             convert.role_from_proto(request.role),
             request.name,
-            convert.from_timestamp(request.expires_at) if request.HasField("expires_at") else None,
+            (
+                convert.from_timestamp(request.expires_at, "expires_at")
+                if request.HasField("expires_at")
+                else None
+            ),
         )
         return auth_service_pb2.CreateApiKeyResponse(
             api_key=api_key_message(issued.api_key), secret=issued.plaintext
@@ -112,7 +116,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     ) -> auth_service_pb2.RotateApiKeyResponse:
         organization_id, mode = current_principal().tenant()
         grace = (
-            convert.from_duration(request.grace_period)
+            convert.from_duration(request.grace_period, "grace_period")
             if request.HasField("grace_period")
             else None
         )

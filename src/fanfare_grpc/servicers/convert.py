@@ -23,6 +23,9 @@ _ROLES = {
 }
 _KINDS_FROM_PROTO: dict[int, KeyKind] = {int(value): kind for kind, value in _KINDS.items()}
 _ROLES_FROM_PROTO: dict[int, Role] = {int(value): role for role, value in _ROLES.items()}
+_NANOS_PER_SECOND = 1_000_000_000
+# google.protobuf.Duration's documented range: about 10,000 years either way.
+_MAX_DURATION_SECONDS = 315_576_000_000
 
 
 def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -34,9 +37,21 @@ def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     return converted
 
 
-def from_timestamp(value: timestamp_pb2.Timestamp) -> dt.datetime:
-    """An aware UTC datetime."""
-    return value.ToDatetime(tzinfo=dt.UTC)
+def from_timestamp(value: timestamp_pb2.Timestamp, field: str) -> dt.datetime:
+    """An aware UTC datetime.
+
+    The protos bound request times, but a Timestamp's ``nanos`` cannot be checked
+    there (CEL sees a normalized time), and a field that lacks a bound must not turn
+    a caller's mistake into INTERNAL.
+
+    Raises:
+        InvalidArgument: ``nanos`` outside [0, 1e9) or a time no datetime holds
+            (before year 1, after 9999); the violation names ``field``.
+    """
+    try:
+        return value.ToDatetime(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):
+        raise _invalid(field, "not a valid timestamp") from None
 
 
 def duration(value: dt.timedelta) -> duration_pb2.Duration:
@@ -46,9 +61,27 @@ def duration(value: dt.timedelta) -> duration_pb2.Duration:
     return converted
 
 
-def from_duration(value: duration_pb2.Duration) -> dt.timedelta:
-    """A timedelta."""
+def from_duration(value: duration_pb2.Duration, field: str) -> dt.timedelta:
+    """A timedelta.
+
+    Raises:
+        InvalidArgument: ``nanos`` outside (-1e9, 1e9) or of the other sign than
+            ``seconds``, or more than the 10,000 years a Duration may span; the
+            violation names ``field``.
+    """
+    seconds, nanos = value.seconds, value.nanos
+    if (
+        abs(seconds) > _MAX_DURATION_SECONDS
+        or abs(nanos) >= _NANOS_PER_SECOND
+        or (seconds > 0 and nanos < 0)
+        or (seconds < 0 and nanos > 0)
+    ):
+        raise _invalid(field, "not a valid duration")
     return value.ToTimedelta()
+
+
+def _invalid(field: str, description: str) -> errors.InvalidArgument:
+    return errors.InvalidArgument(f"invalid {field}", (errors.FieldViolation(field, description),))
 
 
 def mode_to_proto(mode: Mode) -> common_pb2.Mode.ValueType:

@@ -120,7 +120,7 @@ class QueueServicer(queue_service_pb2_grpc.QueueServiceServicer):
                 opens_at=_optional_time(request, "opens_at"),
                 closes_at=_optional_time(request, "closes_at"),
                 handoff_ttl=(
-                    convert.from_duration(request.handoff_ttl)
+                    convert.from_duration(request.handoff_ttl, "handoff_ttl")
                     if request.HasField("handoff_ttl")
                     else None
                 ),
@@ -171,7 +171,7 @@ class QueueServicer(queue_service_pb2_grpc.QueueServiceServicer):
                 closes_at=_optional_time(request, "closes_at"),
                 admission_rate_per_minute=request.admission_rate_per_minute,
                 handoff_ttl=(
-                    convert.from_duration(request.handoff_ttl)
+                    convert.from_duration(request.handoff_ttl, "handoff_ttl")
                     if request.HasField("handoff_ttl")
                     else None
                 ),
@@ -328,4 +328,6 @@ class QueueServicer(queue_service_pb2_grpc.QueueServiceServicer):
 
 
 def _optional_time(request: Any, field: str) -> dt.datetime | None:
-    return convert.from_timestamp(getattr(request, field)) if request.HasField(field) else None
+    return (
+        convert.from_timestamp(getattr(request, field), field) if request.HasField(field) else None
+    )

@@ -27,13 +27,17 @@ from fanfare.audit.v1 import audit_pb2 as fanfare_dot_audit_dot_v1_dot_audit__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$fanfare/audit/v1/audit_service.proto\x12\x10\x66\x61nfare.audit.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1c\x66\x61nfare/audit/v1/audit.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x03\n\x16ListAuditEventsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x06\x61\x63tion\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1a\n\x08\x61\x63tor_id\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x39\n\x07outcome\x18\x05 \x01(\x0e\x32\x1e.fanfare.audit.v1.AuditOutcomeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1d\n\tpage_size\x18\x06 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x07 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x10:\x9e\x01\xbaH\x9a\x01\x1a\x97\x01\n!list_audit_events.end_after_start\x12!end_time must be after start_time\x1aO!has(this.start_time) || !has(this.end_time) || this.end_time > this.start_time\"`\n\x17ListAuditEventsResponse\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.fanfare.audit.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"H\n\x14GetAuditEventRequest\x12\x30\n\x08\x65vent_id\x18\x01 \x01(\tB\x1e\xbaH\x1br\x19\x32\x17^aud_[A-Za-z0-9]{1,64}$\"D\n\x15GetAuditEventResponse\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.fanfare.audit.v1.AuditEvent\"\x8c\x03\n\x18\x45xportAuditEventsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x06\x61\x63tion\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1a\n\x08\x61\x63tor_id\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x39\n\x07outcome\x18\x05 \x01(\x0e\x32\x1e.fanfare.audit.v1.AuditOutcomeB\x08\xbaH\x05\x82\x01\x02\x10\x01:\xa0\x01\xbaH\x9c\x01\x1a\x99\x01\n#export_audit_events.end_after_start\x12!end_time must be after start_time\x1aO!has(this.start_time) || !has(this.end_time) || this.end_time > this.start_time\"H\n\x19\x45xportAuditEventsResponse\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.fanfare.audit.v1.AuditEvent\"\x19\n\x17VerifyAuditChainRequest\"\xbb\x01\n\x18VerifyAuditChainResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x16\n\x0e\x65vents_checked\x18\x02 \x01(\x03\x12\x1d\n\x15\x66irst_broken_event_id\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xb3\x03\n\x0c\x41uditService\x12\x66\n\x0fListAuditEvents\x12(.fanfare.audit.v1.ListAuditEventsRequest\x1a).fanfare.audit.v1.ListAuditEventsResponse\x12`\n\rGetAuditEvent\x12&.fanfare.audit.v1.GetAuditEventRequest\x1a\'.fanfare.audit.v1.GetAuditEventResponse\x12n\n\x11\x45xportAuditEvents\x12*.fanfare.audit.v1.ExportAuditEventsRequest\x1a+.fanfare.audit.v1.ExportAuditEventsResponse0\x01\x12i\n\x10VerifyAuditChain\x12).fanfare.audit.v1.VerifyAuditChainRequest\x1a*.fanfare.audit.v1.VerifyAuditChainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$fanfare/audit/v1/audit_service.proto\x12\x10\x66\x61nfare.audit.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1c\x66\x61nfare/audit/v1/audit.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x03\n\x16ListAuditEventsRequest\x12\x41\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x11\xbaH\x0e\xb2\x01\x0b\x1a\x07\x08\x80\x9c\xcc\xf0\xaf\x07\x32\x00\x12?\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x11\xbaH\x0e\xb2\x01\x0b\x1a\x07\x08\x80\x9c\xcc\xf0\xaf\x07\x32\x00\x12\x18\n\x06\x61\x63tion\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1a\n\x08\x61\x63tor_id\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x39\n\x07outcome\x18\x05 \x01(\x0e\x32\x1e.fanfare.audit.v1.AuditOutcomeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1d\n\tpage_size\x18\x06 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x07 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x10:\x9e\x01\xbaH\x9a\x01\x1a\x97\x01\n!list_audit_events.end_after_start\x12!end_time must be after start_time\x1aO!has(this.start_time) || !has(this.end_time) || this.end_time > this.start_time\"`\n\x17ListAuditEventsResponse\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.fanfare.audit.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"H\n\x14GetAuditEventRequest\x12\x30\n\x08\x65vent_id\x18\x01 \x01(\tB\x1e\xbaH\x1br\x19\x32\x17^aud_[A-Za-z0-9]{1,64}$\"D\n\x15GetAuditEventResponse\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.fanfare.audit.v1.AuditEvent\"\xb2\x03\n\x18\x45xportAuditEventsRequest\x12\x41\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x11\xbaH\x0e\xb2\x01\x0b\x1a\x07\x08\x80\x9c\xcc\xf0\xaf\x07\x32\x00\x12?\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x11\xbaH\x0e\xb2\x01\x0b\x1a\x07\x08\x80\x9c\xcc\xf0\xaf\x07\x32\x00\x12\x18\n\x06\x61\x63tion\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1a\n\x08\x61\x63tor_id\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x39\n\x07outcome\x18\x05 \x01(\x0e\x32\x1e.fanfare.audit.v1.AuditOutcomeB\x08\xbaH\x05\x82\x01\x02\x10\x01:\xa0\x01\xbaH\x9c\x01\x1a\x99\x01\n#export_audit_events.end_after_start\x12!end_time must be after start_time\x1aO!has(this.start_time) || !has(this.end_time) || this.end_time > this.start_time\"H\n\x19\x45xportAuditEventsResponse\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.fanfare.audit.v1.AuditEvent\"\x19\n\x17VerifyAuditChainRequest\"\xbb\x01\n\x18VerifyAuditChainResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x16\n\x0e\x65vents_checked\x18\x02 \x01(\x03\x12\x1d\n\x15\x66irst_broken_event_id\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xb3\x03\n\x0c\x41uditService\x12\x66\n\x0fListAuditEvents\x12(.fanfare.audit.v1.ListAuditEventsRequest\x1a).fanfare.audit.v1.ListAuditEventsResponse\x12`\n\rGetAuditEvent\x12&.fanfare.audit.v1.GetAuditEventRequest\x1a\'.fanfare.audit.v1.GetAuditEventResponse\x12n\n\x11\x45xportAuditEvents\x12*.fanfare.audit.v1.ExportAuditEventsRequest\x1a+.fanfare.audit.v1.ExportAuditEventsResponse0\x01\x12i\n\x10VerifyAuditChain\x12).fanfare.audit.v1.VerifyAuditChainRequest\x1a*.fanfare.audit.v1.VerifyAuditChainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fanfare.audit.v1.audit_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['start_time']._loaded_options = None
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['start_time']._serialized_options = b'\272H\016\262\001\013\032\007\010\200\234\314\360\257\0072\000'
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['end_time']._loaded_options = None
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['end_time']._serialized_options = b'\272H\016\262\001\013\032\007\010\200\234\314\360\257\0072\000'
   _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['action']._loaded_options = None
   _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['action']._serialized_options = b'\272H\005r\003\030\310\001'
   _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['actor_id']._loaded_options = None
@@ -48,6 +52,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAUDITEVENTSREQUEST']._serialized_options = b'\272H\232\001\032\227\001\n!list_audit_events.end_after_start\022!end_time must be after start_time\032O!has(this.start_time) || !has(this.end_time) || this.end_time > this.start_time'
   _globals['_GETAUDITEVENTREQUEST'].fields_by_name['event_id']._loaded_options = None
   _globals['_GETAUDITEVENTREQUEST'].fields_by_name['event_id']._serialized_options = b'\272H\033r\0312\027^aud_[A-Za-z0-9]{1,64}$'
+  _globals['_EXPORTAUDITEVENTSREQUEST'].fields_by_name['start_time']._loaded_options = None
+  _globals['_EXPORTAUDITEVENTSREQUEST'].fields_by_name['start_time']._serialized_options = b'\272H\016\262\001\013\032\007\010\200\234\314\360\257\0072\000'
+  _globals['_EXPORTAUDITEVENTSREQUEST'].fields_by_name['end_time']._loaded_options = None
+  _globals['_EXPORTAUDITEVENTSREQUEST'].fields_by_name['end_time']._serialized_options = b'\272H\016\262\001\013\032\007\010\200\234\314\360\257\0072\000'
   _globals['_EXPORTAUDITEVENTSREQUEST'].fields_by_name['action']._loaded_options = None
   _globals['_EXPORTAUDITEVENTSREQUEST'].fields_by_name['action']._serialized_options = b'\272H\005r\003\030\310\001'
   _globals['_EXPORTAUDITEVENTSREQUEST'].fields_by_name['actor_id']._loaded_options = None
@@ -57,21 +65,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPORTAUDITEVENTSREQUEST']._loaded_options = None
   _globals['_EXPORTAUDITEVENTSREQUEST']._serialized_options = b'\272H\234\001\032\231\001\n#export_audit_events.end_after_start\022!end_time must be after start_time\032O!has(this.start_time) || !has(this.end_time) || this.end_time > this.start_time'
   _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=151
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=604
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=606
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=702
-  _globals['_GETAUDITEVENTREQUEST']._serialized_start=704
-  _globals['_GETAUDITEVENTREQUEST']._serialized_end=776
-  _globals['_GETAUDITEVENTRESPONSE']._serialized_start=778
-  _globals['_GETAUDITEVENTRESPONSE']._serialized_end=846
-  _globals['_EXPORTAUDITEVENTSREQUEST']._serialized_start=849
-  _globals['_EXPORTAUDITEVENTSREQUEST']._serialized_end=1245
-  _globals['_EXPORTAUDITEVENTSRESPONSE']._serialized_start=1247
-  _globals['_EXPORTAUDITEVENTSRESPONSE']._serialized_end=1319
-  _globals['_VERIFYAUDITCHAINREQUEST']._serialized_start=1321
-  _globals['_VERIFYAUDITCHAINREQUEST']._serialized_end=1346
-  _globals['_VERIFYAUDITCHAINRESPONSE']._serialized_start=1349
-  _globals['_VERIFYAUDITCHAINRESPONSE']._serialized_end=1536
-  _globals['_AUDITSERVICE']._serialized_start=1539
-  _globals['_AUDITSERVICE']._serialized_end=1974
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=642
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=644
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=740
+  _globals['_GETAUDITEVENTREQUEST']._serialized_start=742
+  _globals['_GETAUDITEVENTREQUEST']._serialized_end=814
+  _globals['_GETAUDITEVENTRESPONSE']._serialized_start=816
+  _globals['_GETAUDITEVENTRESPONSE']._serialized_end=884
+  _globals['_EXPORTAUDITEVENTSREQUEST']._serialized_start=887
+  _globals['_EXPORTAUDITEVENTSREQUEST']._serialized_end=1321
+  _globals['_EXPORTAUDITEVENTSRESPONSE']._serialized_start=1323
+  _globals['_EXPORTAUDITEVENTSRESPONSE']._serialized_end=1395
+  _globals['_VERIFYAUDITCHAINREQUEST']._serialized_start=1397
+  _globals['_VERIFYAUDITCHAINREQUEST']._serialized_end=1422
+  _globals['_VERIFYAUDITCHAINRESPONSE']._serialized_start=1425
+  _globals['_VERIFYAUDITCHAINRESPONSE']._serialized_end=1612
+  _globals['_AUDITSERVICE']._serialized_start=1615
+  _globals['_AUDITSERVICE']._serialized_end=2050
 # @@protoc_insertion_point(module_scope)

@@ -45,11 +45,11 @@ class ListAuditEventsRequest(_message.Message):
     """Opaque next_page_token of a previous call with the same filters; empty for the first page."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """Only events at or after this time."""
+        """Only events at or after this time; in [1970-01-01, 9999-01-01) UTC."""
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """Only events before this time."""
+        """Only events before this time; in [1970-01-01, 9999-01-01) UTC."""
 
     def __init__(
         self,
@@ -163,11 +163,11 @@ class ExportAuditEventsRequest(_message.Message):
     """Only events with this outcome; AUDIT_OUTCOME_UNSPECIFIED for all."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """Only events at or after this time."""
+        """Only events at or after this time; in [1970-01-01, 9999-01-01) UTC."""
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """Only events before this time."""
+        """Only events before this time; in [1970-01-01, 9999-01-01) UTC."""
 
     def __init__(
         self,

@@ -107,7 +107,9 @@ class CreateApiKeyRequest(_message.Message):
     """Human-readable name, 1 to 200 characters, no control or bidi formatting characters."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
-        """When the key stops working by itself; must be in the future; unset means never."""
+        """When the key stops working by itself; in the future and before 9999-01-01 UTC; unset
+        means never.
+        """
 
     def __init__(
         self,

@@ -42,11 +42,15 @@ class CreateQueueRequest(_message.Message):
     """Maximum number of waiting consumers, 0 for unlimited."""
     @_builtins.property
     def opens_at(self) -> _timestamp_pb2.Timestamp:
-        """When the queue opens by itself; a future time makes it SCHEDULED; unset keeps it DRAFT."""
+        """When the queue opens by itself; a future time makes it SCHEDULED; unset keeps it DRAFT;
+        in [1970-01-01, 9999-01-01) UTC.
+        """
 
     @_builtins.property
     def closes_at(self) -> _timestamp_pb2.Timestamp:
-        """When the queue closes by itself (a DRAFT queue too), in the future; unset for never."""
+        """When the queue closes by itself (a DRAFT queue too), in the future; unset for never;
+        in [1970-01-01, 9999-01-01) UTC.
+        """
 
     @_builtins.property
     def handoff_ttl(self) -> _duration_pb2.Duration:
@@ -225,11 +229,15 @@ class UpdateQueueRequest(_message.Message):
     """New maximum number of waiting consumers, 0 for unlimited."""
     @_builtins.property
     def opens_at(self) -> _timestamp_pb2.Timestamp:
-        """New opening time; unset (with opens_at in the mask) removes the schedule."""
+        """New opening time; unset (with opens_at in the mask) removes the schedule; in
+        [1970-01-01, 9999-01-01) UTC.
+        """
 
     @_builtins.property
     def closes_at(self) -> _timestamp_pb2.Timestamp:
-        """New closing time, in the future (a DRAFT queue closes too); unset (with closes_at in the mask) removes it."""
+        """New closing time, in the future (a DRAFT queue closes too); unset (with closes_at in
+        the mask) removes it; in [1970-01-01, 9999-01-01) UTC.
+        """
 
     @_builtins.property
     def handoff_ttl(self) -> _duration_pb2.Duration:
