@@ -19,13 +19,13 @@ from fanfare.session.v1 import session_service_pb2 as sessions
 from fanfare.session.v1 import session_service_pb2_grpc
 from grpc import aio
 
-from fanfare_grpc.app import LOGGER_NAME
 from fanfare_grpc.domain.organizations import NewOrganization
 from fanfare_grpc.server import RunningServer
 from fanfare_grpc.settings import Settings
 from tests.clock import MutableClock
 from tests.conftest import new_organization, start_migrated_server
 from tests.grpc_helpers import bearer
+from tests.log_capture import service_log_handler
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -55,16 +55,8 @@ class LoginCodes(logging.Handler):
 @contextlib.contextmanager
 def capture_login_codes() -> Iterator[LoginCodes]:
     """Attach a ``LoginCodes`` handler to the service logger for the duration."""
-    logger = logging.getLogger(LOGGER_NAME)
-    handler = LoginCodes()
-    previous = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
+    with service_log_handler(LoginCodes(), logging.INFO) as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
 
 
 @dataclasses.dataclass

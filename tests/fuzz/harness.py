@@ -280,13 +280,3 @@ async def invoke(
         return grpc.StatusCode.OK, ""
     except grpc.aio.AioRpcError as error:
         return error.code(), error.details() or ""
-
-
-def all_methods(modules: Sequence[Any]) -> list[MethodDescriptor]:
-    """Every RPC of the services the modules define, in declaration order."""
-    return [
-        method
-        for module in modules
-        for service in module.DESCRIPTOR.services_by_name.values()
-        for method in service.methods
-    ]

@@ -26,11 +26,6 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from fanfare.audit.v1 import audit_service_pb2
-from fanfare.auth.v1 import auth_service_pb2
-from fanfare.queue.v1 import queue_service_pb2
-from fanfare.session.v1 import session_service_pb2
-from fanfare.webhook.v1 import webhook_service_pb2
 from google.protobuf.descriptor import MethodDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -39,9 +34,10 @@ from fanfare_grpc.domain.access import Role
 from fanfare_grpc.permissions import PERMISSIONS, ConsumerToken
 from tests.backends import REDIS_URL, throwaway_postgres_database, throwaway_redis_prefix
 from tests.conftest import BACKENDS, embedded_settings
-from tests.fuzz.harness import FuzzWorld, LoopThread, Metadata, all_methods, fuzz_world, invoke
+from tests.fuzz.harness import FuzzWorld, LoopThread, Metadata, fuzz_world, invoke
 from tests.fuzz.strategies import RequestStrategies
 from tests.fuzz.sweep import boundary_requests
+from tests.protos import all_methods
 from tests.raw_http2 import raw_grpc_call
 
 LONG = os.environ.get("FANFARE_FUZZ_PROFILE", "") == "long"
@@ -49,15 +45,7 @@ EXAMPLES = int(os.environ.get("FANFARE_FUZZ_EXAMPLES", "0")) or (400 if LONG els
 DEADLINE_SECONDS = 5.0
 FAILURES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
 CREDENTIALS = ("none", "sk", "pk", "consumer")
-METHODS = all_methods(
-    (
-        auth_service_pb2,
-        session_service_pb2,
-        queue_service_pb2,
-        webhook_service_pb2,
-        audit_service_pb2,
-    )
-)
+METHODS = all_methods()
 FUZZ_SETTINGS = settings(
     max_examples=EXAMPLES,
     # The default profile replays the same examples every run; the long one explores.

@@ -23,12 +23,13 @@ from grpc_status import rpc_status
 from fanfare_grpc.authentication.key_verifier import INVALID_CREDENTIALS
 from fanfare_grpc.domain.organizations import NewOrganization
 from fanfare_grpc.interceptors.authentication import BEARER_FORMAT
-from fanfare_grpc.logs import QUIET_LOGGERS, JsonFormatter, configure_logging
+from fanfare_grpc.logs import JsonFormatter
 from fanfare_grpc.server import RunningServer
 from tests.clock import MutableClock
 from tests.conftest import BackendSettings, new_organization, start_migrated_server
 from tests.display_names import SAFE_NAMES, UNSAFE_NAMES
 from tests.grpc_helpers import bad_request_fields, bearer, run_grpcurl
+from tests.log_capture import server_log
 
 SECRET = common_pb2.API_KEY_KIND_SECRET
 PUBLISHABLE = common_pb2.API_KEY_KIND_PUBLISHABLE
@@ -496,14 +497,10 @@ async def test_last_used_at_is_batched(world: World) -> None:
 
 
 async def test_no_secret_or_hash_reaches_logs_errors_or_lists(world: World) -> None:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    previous_handlers, previous_level = list(root.handlers), root.level
-    # Exactly what `FANFARE_LOG_LEVEL=debug` configures in the server.
-    configure_logging("debug", stream)
     secrets_seen: list[str] = [world.admin]
     outputs: list[str] = []
-    try:
+    # Exactly what `FANFARE_LOG_LEVEL=debug` configures in the server.
+    with server_log("debug") as stream:
         created = await world.create_key(world.admin, role="admin")
         secrets_seen.append(created.secret)
         rotated = await world.auth.RotateApiKey(
@@ -517,14 +514,6 @@ async def test_no_secret_or_hash_reaches_logs_errors_or_lists(world: World) -> N
             except aio.AioRpcError as error:
                 outputs.append(f"{error.details()} {error.trailing_metadata()}")
         await world.server.application.key_usage.flush()
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in previous_handlers:
-            root.addHandler(handler)
-        root.setLevel(previous_level)
-        for name in QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(logging.NOTSET)
     logged = stream.getvalue()
     assert logged  # the calls were logged
     everything = logged + "\n".join(outputs)

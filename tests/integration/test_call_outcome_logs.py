@@ -11,10 +11,10 @@ import grpc
 import pytest
 from grpc import aio
 
-from fanfare_grpc.app import LOGGER_NAME
 from fanfare_grpc.server import RunningServer
 from tests.conftest import embedded_settings, start_migrated_server
 from tests.fault_service import FAULT_PERMISSIONS, fault_handler, method
+from tests.log_capture import service_log_handler
 
 SLEEP = method("Sleep")
 
@@ -39,16 +39,8 @@ class Outcomes(logging.Handler):
 
 @pytest.fixture
 def outcomes() -> Iterator[Outcomes]:
-    handler = Outcomes()
-    logger = logging.getLogger(LOGGER_NAME)
-    previous = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
+    with service_log_handler(Outcomes(), logging.INFO) as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -18,6 +18,7 @@ from fanfare_grpc.server import RunningServer
 from tests.conftest import embedded_settings, start_migrated_server
 from tests.fault_service import FAULT_PERMISSIONS, LEAKY_TEXT, fault_handler, method
 from tests.grpc_helpers import metadata_dict
+from tests.log_capture import service_log_handler
 
 
 @pytest.fixture
@@ -32,17 +33,12 @@ async def fault_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
 
 
 @pytest.fixture
-def captured_logs() -> AsyncIterator[io.StringIO]:
+def captured_logs() -> Iterator[io.StringIO]:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("fanfare_grpc")
-    logger.addHandler(handler)
-    previous = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield stream  # type: ignore[misc]
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
+    with service_log_handler(handler):
+        yield stream
 
 
 async def _fail(address: str, name: str) -> aio.AioRpcError:

@@ -8,7 +8,6 @@ and anonymous junk cannot grow the log faster than its budget.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -25,10 +24,10 @@ from grpc import aio
 from fanfare_grpc.authentication.consumer_tokens import DEVICE_REQUIRED
 from fanfare_grpc.authentication.key_verifier import INVALID_CREDENTIALS
 from fanfare_grpc.interceptors.authentication import BEARER_FORMAT
-from fanfare_grpc.logs import configure_logging
 from tests.conftest import BackendSettings
 from tests.consumers import ConsumerWorld, consumer_metadata, serving_consumer_world
 from tests.grpc_helpers import bad_request_fields, bearer, error_reasons, expect_status
+from tests.log_capture import server_log
 from tests.raw_http2 import raw_grpc_call
 
 GET_JWKS = "/fanfare.auth.v1.AuthService/GetJwks"
@@ -46,55 +45,28 @@ async def world(backend: BackendSettings) -> AsyncIterator[ConsumerWorld]:
         yield world
 
 
-@dataclasses.dataclass
-class CapturedLog:
-    stream: io.StringIO
-
-    @property
-    def text(self) -> str:
-        return self.stream.getvalue()
-
-
 @pytest.fixture
-def every_logger_at_debug() -> Iterator[CapturedLog]:
+def every_logger_at_debug() -> Iterator[io.StringIO]:
     """The server's log configuration at DEBUG, and every library logger at DEBUG."""
-    stream = io.StringIO()
-    root = logging.getLogger()
-    previous_handlers, previous_level = list(root.handlers), root.level
-    configure_logging("debug", stream)
     loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]
     loggers += [logging.getLogger(name) for name in ("grpc", "grpc._cython.cygrpc")]
     previous_levels = {logger.name: logger.level for logger in loggers}
-    for logger in loggers:
-        client_side = logger.name.startswith(_CLIENT_LOGGERS)
-        logger.setLevel(logging.WARNING if client_side else logging.DEBUG)
-    try:
-        yield CapturedLog(stream)
-    finally:
+    with server_log("debug") as stream:
         for logger in loggers:
-            logger.setLevel(previous_levels[logger.name])
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in previous_handlers:
-            root.addHandler(handler)
-        root.setLevel(previous_level)
+            client_side = logger.name.startswith(_CLIENT_LOGGERS)
+            logger.setLevel(logging.WARNING if client_side else logging.DEBUG)
+        try:
+            yield stream
+        finally:
+            for logger in loggers:
+                logger.setLevel(previous_levels[logger.name])
 
 
 @pytest.fixture
-def server_log_at_info() -> Iterator[CapturedLog]:
+def server_log_at_info() -> Iterator[io.StringIO]:
     """The server's log configuration at its default level."""
-    stream = io.StringIO()
-    root = logging.getLogger()
-    previous_handlers, previous_level = list(root.handlers), root.level
-    configure_logging("info", stream)
-    try:
-        yield CapturedLog(stream)
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in previous_handlers:
-            root.addHandler(handler)
-        root.setLevel(previous_level)
+    with server_log("info") as stream:
+        yield stream
 
 
 def _assert_no_secret(log: str, *secrets_seen: str) -> None:
@@ -104,7 +76,7 @@ def _assert_no_secret(log: str, *secrets_seen: str) -> None:
 
 
 async def test_a_credential_with_invalid_utf8_never_reaches_the_log(
-    world: ConsumerWorld, every_logger_at_debug: CapturedLog
+    world: ConsumerWorld, every_logger_at_debug: io.StringIO
 ) -> None:
     secret_key = world.acme.secret_key
     publishable_key = world.acme.publishable_key
@@ -124,13 +96,13 @@ async def test_a_credential_with_invalid_utf8_never_reaches_the_log(
         response = await raw_grpc_call(address, GET_SESSION, b"", metadata)
         assert response.status == UNAUTHENTICATED, response
         assert (response.header("x-request-id") or "").startswith("req_")
-    log = every_logger_at_debug.text
+    log = every_logger_at_debug.getvalue()
     assert "rpc finished" in log  # the calls were logged, at DEBUG by every logger
     _assert_no_secret(log, secret_key, publishable_key, guest.access_token, guest.refresh_token)
 
 
 async def test_a_device_header_that_is_not_printable_ascii_is_invalid(
-    world: ConsumerWorld, every_logger_at_debug: CapturedLog
+    world: ConsumerWorld, every_logger_at_debug: io.StringIO
 ) -> None:
     guest = await world.guest(device="device-1")
     pk = world.acme.publishable_key.encode()
@@ -151,11 +123,11 @@ async def test_a_device_header_that_is_not_printable_ascii_is_invalid(
             )
             assert response.status == INVALID_ARGUMENT, (device, response)
             assert response.message == "invalid device fingerprint"
-    _assert_no_secret(every_logger_at_debug.text, guest.access_token, guest.refresh_token)
+    _assert_no_secret(every_logger_at_debug.getvalue(), guest.access_token, guest.refresh_token)
 
 
 async def test_anonymous_junk_cannot_grow_the_log_past_its_budget(
-    world: ConsumerWorld, server_log_at_info: CapturedLog
+    world: ConsumerWorld, server_log_at_info: io.StringIO
 ) -> None:
     # Before: one health check with 30 KB of \xff added ≈ 450 KB of log (grpcio logged
     # the value and a traceback). Now its records are redacted and budgeted.
@@ -163,7 +135,7 @@ async def test_anonymous_junk_cannot_grow_the_log_past_its_budget(
     for _ in range(300):
         response = await raw_grpc_call(world.server.address, HEALTH_CHECK, b"", junk)
         assert response.status == 0
-    log = server_log_at_info.text
+    log = server_log_at_info.getvalue()
     assert "\xff" not in log and "\\xff" not in log and "ÿ" not in log
     assert len(log.encode()) < 250_000, len(log.encode())  # 300 calls: 135 MB before
     assert "log budget exceeded" in log

@@ -17,13 +17,13 @@ from fanfare.queue.v1 import queue_service_pb2 as queues
 from grpc import aio
 from sqlalchemy import make_url
 
-from fanfare_grpc.app import LOGGER_NAME
 from fanfare_grpc.worker import QUEUE_TICK_SECONDS
 from tests.backends import REDIS_URL
 from tests.clock import MutableClock
 from tests.conftest import embedded_settings, new_organization, start_migrated_server
 from tests.consumers import consumer_world
 from tests.grpc_helpers import bearer
+from tests.log_capture import service_log_handler
 from tests.queues import QueueWorld
 from tests.tcp_proxy import TcpProxy
 
@@ -64,16 +64,8 @@ class _Records(logging.Handler):
 
 @pytest.fixture
 def service_logs() -> Iterator[_Records]:
-    handler = _Records()
-    logger = logging.getLogger(LOGGER_NAME)
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
+    with service_log_handler(_Records()) as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
 
 
 def _worker_lines(logs: _Records) -> list[logging.LogRecord]:

@@ -3,39 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from fanfare.audit.v1 import audit_service_pb2
-from fanfare.auth.v1 import auth_service_pb2
-from fanfare.queue.v1 import queue_service_pb2
-from fanfare.session.v1 import session_service_pb2
-from fanfare.webhook.v1 import webhook_service_pb2
 from google.protobuf.descriptor import Descriptor
-from grpc_health.v1 import health_pb2
-from grpc_reflection.v1alpha import reflection_pb2
 
 from fanfare_grpc import errors
 from fanfare_grpc.domain.access import KeyKind, Mode, Principal, Role
 from fanfare_grpc.interceptors.authorization import check_permission
 from fanfare_grpc.interceptors.idempotency import SECRET_RESPONSE_FIELDS
 from fanfare_grpc.permissions import PERMISSIONS
-
-_MODULES = (
-    auth_service_pb2,
-    session_service_pb2,
-    queue_service_pb2,
-    webhook_service_pb2,
-    audit_service_pb2,
-    health_pb2,
-    reflection_pb2,
-)
+from tests.protos import SERVED_MODULES, all_methods, full_method_name
 
 
 def _all_methods() -> set[str]:
-    methods = set()
-    for module in _MODULES:
-        for service in module.DESCRIPTOR.services_by_name.values():
-            for method in service.methods:
-                methods.add(f"/{service.full_name}/{method.name}")
-    return methods
+    return {full_method_name(method) for method in all_methods(SERVED_MODULES)}
 
 
 def test_every_rpc_has_exactly_one_entry() -> None:
@@ -150,14 +129,11 @@ def test_plain_sk_rpcs_accept_every_role(method: str) -> None:
 
 def _response_fields(method: str) -> list[tuple[str, str, bool]]:
     """(path, name, top level) of every field of ``method``'s response, recursively."""
-    service_name, _, name = method.lstrip("/").rpartition("/")
-    for module in _MODULES:
-        service = module.DESCRIPTOR.services_by_name.get(service_name.rpartition(".")[2])
-        if service is not None and service.full_name == service_name:
-            descriptor = service.methods_by_name[name].output_type
-            break
-    else:
-        raise AssertionError(method)
+    [descriptor] = [
+        candidate.output_type
+        for candidate in all_methods(SERVED_MODULES)
+        if full_method_name(candidate) == method
+    ]
     found: list[tuple[str, str, bool]] = []
 
     def walk(message: Descriptor, prefix: str, depth: int) -> None:

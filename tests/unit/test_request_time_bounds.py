@@ -10,20 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from buf.validate import validate_pb2
-from fanfare.audit.v1 import audit_service_pb2
-from fanfare.auth.v1 import auth_service_pb2
-from fanfare.queue.v1 import queue_service_pb2
-from fanfare.session.v1 import session_service_pb2
-from fanfare.webhook.v1 import webhook_service_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-_MODULES = (
-    auth_service_pb2,
-    session_service_pb2,
-    queue_service_pb2,
-    webhook_service_pb2,
-    audit_service_pb2,
-)
+from tests.protos import all_methods
+
 _BOUNDED = {"google.protobuf.Timestamp": "timestamp", "google.protobuf.Duration": "duration"}
 
 
@@ -40,12 +30,10 @@ def _request_fields(message: Descriptor, seen: set[str]) -> Iterator[FieldDescri
 def _time_fields() -> list[FieldDescriptor]:
     seen: set[str] = set()
     fields = []
-    for module in _MODULES:
-        for service in module.DESCRIPTOR.services_by_name.values():
-            for method in service.methods:
-                for field in _request_fields(method.input_type, seen):
-                    if field.message_type and field.message_type.full_name in _BOUNDED:
-                        fields.append(field)
+    for method in all_methods():
+        for field in _request_fields(method.input_type, seen):
+            if field.message_type and field.message_type.full_name in _BOUNDED:
+                fields.append(field)
     return fields
 
 
