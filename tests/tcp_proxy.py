@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+
+from sqlalchemy import make_url
 
 
 class TcpProxy:
@@ -62,3 +65,19 @@ class TcpProxy:
             self._writers.discard(writer)
             with contextlib.suppress(Exception):
                 writer.transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def proxied(url: str, default_port: int) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A proxy in front of the server of ``url`` (a database or Redis URL), and the
+    same URL pointing at the proxy; the proxy is closed afterwards."""
+    parsed = make_url(url)
+    proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or default_port)
+    await proxy.start()
+    try:
+        yield (
+            proxy,
+            parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
+        )
+    finally:
+        await proxy.close()

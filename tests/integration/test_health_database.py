@@ -13,14 +13,13 @@ from fanfare.auth.v1 import auth_service_pb2 as auth
 from fanfare.auth.v1 import auth_service_pb2_grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import make_url
 
 from fanfare_grpc.server import RunningServer
 from fanfare_grpc.servicers import SERVICE_NAMES
 from tests.backends import REDIS_URL
 from tests.conftest import embedded_settings, new_organization, start_migrated_server
 from tests.grpc_helpers import bearer
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import TcpProxy, proxied
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -28,16 +27,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 @pytest.fixture
 async def proxy(postgres_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
-    url = make_url(postgres_url)
-    tcp_proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    await tcp_proxy.start()
-    try:
-        yield (
-            tcp_proxy,
-            url.set(host="127.0.0.1", port=tcp_proxy.port).render_as_string(hide_password=False),
-        )
-    finally:
-        await tcp_proxy.close()
+    async with proxied(postgres_url, 5432) as proxy_and_url:
+        yield proxy_and_url
 
 
 async def _statuses(address: str) -> set[int]:

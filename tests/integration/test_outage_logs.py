@@ -15,7 +15,6 @@ from fanfare.auth.v1 import auth_service_pb2 as auth
 from fanfare.auth.v1 import auth_service_pb2_grpc
 from fanfare.queue.v1 import queue_service_pb2 as queues
 from grpc import aio
-from sqlalchemy import make_url
 
 from fanfare_grpc.worker import QUEUE_TICK_SECONDS
 from tests.backends import REDIS_URL
@@ -25,32 +24,19 @@ from tests.consumers import consumer_world
 from tests.grpc_helpers import bearer
 from tests.log_capture import service_log_handler
 from tests.queues import QueueWorld
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import TcpProxy, proxied
 
 
 @pytest.fixture
 async def redis_proxy() -> AsyncIterator[tuple[TcpProxy, str]]:
-    url = make_url(REDIS_URL)
-    tcp_proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
-    await tcp_proxy.start()
-    try:
-        yield tcp_proxy, url.set(host="127.0.0.1", port=tcp_proxy.port).render_as_string()
-    finally:
-        await tcp_proxy.close()
+    async with proxied(REDIS_URL, 6379) as proxy_and_url:
+        yield proxy_and_url
 
 
 @pytest.fixture
 async def proxy(postgres_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
-    url = make_url(postgres_url)
-    tcp_proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    await tcp_proxy.start()
-    try:
-        yield (
-            tcp_proxy,
-            url.set(host="127.0.0.1", port=tcp_proxy.port).render_as_string(hide_password=False),
-        )
-    finally:
-        await tcp_proxy.close()
+    async with proxied(postgres_url, 5432) as proxy_and_url:
+        yield proxy_and_url
 
 
 class _Records(logging.Handler):
