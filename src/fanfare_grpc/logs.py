@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import json
@@ -44,9 +45,11 @@ QUIET_LOGGERS = ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "psycopg",
 OWN_LOGGER = "fanfare_grpc"
 # Other libraries' messages are cut here: they are templates, not reports.
 THIRD_PARTY_MESSAGE_LIMIT = 300
-# Records outside the per-call access log that one category may write.
+# Records of one message template outside the per-call access log, per second.
 DEFAULT_RECORDS_PER_SECOND = 20.0
 DEFAULT_BURST = 200
+# Distinct (category, message template) budgets kept at once.
+MAX_BUDGETS = 1024
 # Set through ``extra={BUDGETED: True}`` on records caused by callers nobody vouches
 # for (calls without a principal): they share the "anonymous" budget.
 BUDGETED = "_budgeted"
@@ -125,11 +128,21 @@ def budget_category(record: logging.LogRecord) -> str | None:
     return None
 
 
-class BudgetedStreamHandler(logging.StreamHandler[TextIO]):
-    """A stream handler that drops records over their category's budget.
+@dataclasses.dataclass
+class _Budget:
+    bucket: TokenBucket
+    dropped: int = 0
+    reported_at: float = float("-inf")
 
-    What was dropped is reported: one line per category and second at most, counting
-    the records it left out.
+
+class BudgetedStreamHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that drops records over their budget.
+
+    Each message template of each category has its own budget, so a flood of one
+    kind of record (a stranger replaying a refresh token, grpcio complaining about
+    junk headers) cannot crowd out another (an outage starting, a job failing). What
+    was dropped is reported: one line per template and second at most, counting the
+    records it left out.
     """
 
     def __init__(
@@ -144,34 +157,46 @@ class BudgetedStreamHandler(logging.StreamHandler[TextIO]):
         self._monotonic = monotonic
         self._rate = records_per_second
         self._burst = burst
-        self._buckets: dict[str, TokenBucket] = {}
-        self._dropped: dict[str, int] = {}
-        self._reported_at: dict[str, float] = {}
+        self._budgets: collections.OrderedDict[tuple[str, str], _Budget] = collections.OrderedDict()
 
     def emit(self, record: logging.LogRecord) -> None:
         category = budget_category(record)
         if category is None:
             super().emit(record)
             return
-        bucket = self._buckets.get(category)
-        if bucket is None:
-            bucket = self._buckets[category] = TokenBucket(self._rate, self._burst, self._monotonic)
-        if not bucket.take():
-            self._dropped[category] = self._dropped.get(category, 0) + 1
-            if self._monotonic() - self._reported_at.get(category, float("-inf")) >= 1.0:
-                self._report_dropped(category)
+        key = (category, record.msg if isinstance(record.msg, str) else "")
+        budget = self._budgets.get(key)
+        if budget is None:
+            budget = self._budgets[key] = _Budget(
+                TokenBucket(self._rate, self._burst, self._monotonic)
+            )
+            self._forget_oldest()
+        self._budgets.move_to_end(key)
+        if not budget.bucket.take():
+            budget.dropped += 1
+            if self._monotonic() - budget.reported_at >= 1.0:
+                self._report_dropped(key, budget)
             return
-        if self._dropped.get(category):
-            self._report_dropped(category)
+        if budget.dropped:
+            self._report_dropped(key, budget)
         super().emit(record)
 
-    def _report_dropped(self, category: str) -> None:
-        self._reported_at[category] = self._monotonic()
-        dropped, self._dropped[category] = self._dropped[category], 0
+    def _forget_oldest(self) -> None:
+        # Templates are ours or other libraries' (never a caller's text), so few;
+        # the bound only keeps a misbehaving library from growing this map.
+        while len(self._budgets) > MAX_BUDGETS:
+            key, budget = self._budgets.popitem(last=False)
+            if budget.dropped:
+                self._report_dropped(key, budget)
+
+    def _report_dropped(self, key: tuple[str, str], budget: _Budget) -> None:
+        budget.reported_at = self._monotonic()
+        dropped, budget.dropped = budget.dropped, 0
         summary = logging.LogRecord(
             OWN_LOGGER, logging.WARNING, __file__, 0, "log budget exceeded", None, None
         )
-        summary.budget = category
+        summary.budget = key[0]
+        summary.dropped_message = key[1]
         summary.dropped_records = dropped
         super().emit(summary)
 

@@ -101,6 +101,38 @@ async def test_a_credential_with_invalid_utf8_never_reaches_the_log(
     _assert_no_secret(log, secret_key, publishable_key, guest.access_token, guest.refresh_token)
 
 
+async def test_credentials_padded_with_non_ascii_whitespace_do_not_authenticate(
+    world: ConsumerWorld,
+) -> None:
+    # grpcio decodes 0xA0 / 0x85 as latin-1 U+00A0 / U+0085, which str.strip() removes:
+    # a proxy matching the exact header value and the server would see two keys.
+    guest = await world.guest()
+    secret_key = world.acme.secret_key.encode()
+    publishable_key = world.acme.publishable_key.encode()
+    token = guest.access_token.encode()
+    cases = [
+        [(b"authorization", b"Bearer " + secret_key + b"\xa0")],
+        [(b"authorization", b"Bearer \xa0" + secret_key)],
+        [(b"authorization", b"Bearer " + secret_key + b"\x85")],
+        [(b"x-publishable-key", publishable_key + b"\xa0")],
+        [
+            (b"authorization", b"Bearer " + publishable_key),
+            (b"x-fanfare-session", token + b"\xa0"),
+            (b"x-fanfare-device", b"device-1"),
+        ],
+    ]
+    for metadata in cases:
+        response = await raw_grpc_call(world.server.address, GET_SESSION, b"", metadata)
+        assert response.status == UNAUTHENTICATED, (metadata, response)
+    # The control: the same credentials without the padding work.
+    control = [
+        (b"authorization", b"Bearer " + publishable_key),
+        (b"x-fanfare-session", token),
+        (b"x-fanfare-device", b"device-1"),
+    ]
+    assert (await raw_grpc_call(world.server.address, GET_SESSION, b"", control)).status == 0
+
+
 async def test_a_device_header_that_is_not_printable_ascii_is_invalid(
     world: ConsumerWorld, every_logger_at_debug: io.StringIO
 ) -> None:

@@ -8,6 +8,7 @@ import logging
 
 from fanfare_grpc.logs import (
     BUDGETED,
+    MAX_BUDGETS,
     BudgetedStreamHandler,
     JsonFormatter,
     ThirdPartyRedaction,
@@ -95,6 +96,29 @@ def test_categories_have_their_own_budgets_and_the_access_log_has_none() -> None
     assert messages.count("rpc finished") == 1 + 3  # one anonymous, every vouched-for one
     assert messages.count("junk") == 1
     assert messages.count("unexpected error") == 1
+
+
+def test_a_flood_of_one_warning_cannot_crowd_out_another() -> None:
+    # A stranger can cause "refresh token reused" warnings at will; an outage starting
+    # in the same second must still be written.
+    handler, stream = _handler(FakeMonotonic())
+    for _ in range(500):
+        handler.handle(_record("fanfare_grpc", logging.WARNING, "refresh token reused"))
+    handler.handle(_record("fanfare_grpc", logging.WARNING, "background job queues: down"))
+    handler.handle(_record("fanfare_grpc", logging.ERROR, "background job failed"))
+    lines = _lines(stream)
+    messages = [line["message"] for line in lines]
+    assert messages.count("refresh token reused") == 5
+    assert messages[-2:] == ["background job queues: down", "background job failed"]
+    [summary] = [line for line in lines if line["message"] == "log budget exceeded"]
+    assert summary["dropped_message"] == "refresh token reused"
+
+
+def test_budgets_are_bounded() -> None:
+    handler, _ = _handler(FakeMonotonic())
+    for index in range(MAX_BUDGETS + 50):
+        handler.handle(_record("grpc", logging.ERROR, f"template {index}"))
+    assert len(handler._budgets) == MAX_BUDGETS
 
 
 def test_token_bucket_refills_at_its_rate() -> None:

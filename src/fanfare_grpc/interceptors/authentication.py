@@ -54,17 +54,28 @@ def presented_api_key(metadata: Mapping[str, str]) -> str | None:
     """
     authorization = metadata.get(AUTHORIZATION_HEADER)
     alias = metadata.get(PUBLISHABLE_KEY_HEADER)
+    for value in (authorization, alias):
+        if value is not None and not is_printable_ascii(value):
+            # Before any stripping: str.strip() would remove U+00A0/U+0085 (latin-1
+            # bytes 0xA0/0x85), so a padded key would pass here while a proxy
+            # matching the exact header value saw another one.
+            raise errors.Unauthenticated(INVALID_CREDENTIALS)
     key = None
     if authorization is not None:
         if not authorization[: len(_BEARER)].lower() == _BEARER:
             raise errors.Unauthenticated(BEARER_FORMAT)
-        key = authorization[len(_BEARER) :].strip()
+        key = authorization[len(_BEARER) :].strip(" ")
     if alias is not None:
-        alias = alias.strip()
+        alias = alias.strip(" ")
         if not alias.startswith("pk_") or (key is not None and key != alias):
             raise errors.Unauthenticated(INVALID_CREDENTIALS)
         key = alias
     return key
+
+
+def is_printable_ascii(value: str) -> bool:
+    """Only these characters are ever part of a credential."""
+    return value.isascii() and value.isprintable()
 
 
 def peer_identities(auth_context: Mapping[str, Any]) -> set[str]:
@@ -166,7 +177,7 @@ class AuthenticationInterceptor(BehaviourInterceptor):
             and policy.consumer_token is not (ConsumerToken.NOT_USED)
         ):
             identity = await self._consumer_tokens.verify(
-                token.strip(), state.device_fingerprint, key.organization_id, key.mode
+                token.strip(" "), state.device_fingerprint, key.organization_id, key.mode
             )
             principal = dataclasses.replace(
                 principal,
