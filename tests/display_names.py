@@ -25,7 +25,16 @@ UNSAFE_NAMES = (
     "a\u2067b",
     "a\u2068b",
     "a\u2069b",
+    # Invisible: a name that looks like another, or like nothing at all.
+    "Ac\u200bme",
+    "\u200b",
+    "a\u00adb",
+    "a\u2060b",
+    "\ufeffAcme",
+    "\u3164",
 )
+# Nothing visible at all, though every character is allowed somewhere in a name.
+INVISIBLE_ONLY_NAMES = ("\u200d", "\U000e0041\U000e0042", "\ufe0f", "\u0301", "\u200c\u200d")
 # Accents, CJK, right-to-left script, emoji with zero-width joiners and a variation
 # selector: all fine.
 SAFE_NAMES = (
@@ -34,4 +43,6 @@ SAFE_NAMES = (
     "מבצע",
     "Sneakers 👟 for 👨\u200d👩\u200d👧",
     "Snow ❄\ufe0f",
+    "England 🏴\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f",
+    "نان\u200cها",
 )

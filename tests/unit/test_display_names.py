@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 from fanfare_grpc import errors
 from fanfare_grpc.domain.names import DISPLAY_TEXT_PATTERN, check_display_text, normalized_name
 from fanfare_grpc.interceptors.validation import field_path
-from tests.display_names import SAFE_NAMES, UNSAFE_NAMES
+from tests.display_names import INVISIBLE_ONLY_NAMES, SAFE_NAMES, UNSAFE_NAMES
 
 VALIDATOR = protovalidate.Validator()
 MASK = field_mask_pb2.FieldMask(paths=["name"])
@@ -53,6 +53,13 @@ def test_the_server_refuses_control_and_bidi_characters(name: str) -> None:
     with pytest.raises(errors.InvalidArgument) as refused:
         check_display_text(name, "description", "description")
     assert [v.field for v in refused.value.violations] == ["description"]
+
+
+@pytest.mark.parametrize("name", INVISIBLE_ONLY_NAMES)
+def test_a_name_must_show_something(name: str) -> None:
+    with pytest.raises(errors.InvalidArgument) as refused:
+        normalized_name(name, "queue")
+    assert refused.value.violations[0].description == "must contain a visible character"
 
 
 @pytest.mark.parametrize("name", SAFE_NAMES)

@@ -14,6 +14,7 @@ in RE2 syntax), so clients in every language see it; this check is the server's.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from fanfare_grpc import errors
 
@@ -21,13 +22,24 @@ MAX_NAME_LENGTH = 200
 
 # Bidirectional formatting characters: ALM, LRM, RLM, LRE…RLO, LRI…PDI.
 _BIDI_FORMATTING = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
-# Cc (C0, DEL, C1), the line and paragraph separators, bidi formatting.
-_FORBIDDEN = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI_FORMATTING}]")
+# Characters that display as nothing and join nothing: soft hyphen, Hangul fillers,
+# Mongolian vowel separator, zero-width space, word joiner and invisible operators,
+# zero-width no-break space. "Acme" and "Ac\u200bme" would look the same. (ZWJ and
+# ZWNJ stay: emoji sequences and Persian need them.)
+_INVISIBLE = "\u00ad\u115f\u1160\u180e\u200b\u2060-\u2064\u3164\ufeff\uffa0"
+# Cc (C0, DEL, C1), the line and paragraph separators, bidi formatting, invisibles.
+_FORBIDDEN = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI_FORMATTING}{_INVISIBLE}]")
 # The same set for protovalidate (RE2 syntax), as written in the protos.
 DISPLAY_TEXT_PATTERN = (
-    r"^[^\p{Cc}\x{2028}\x{2029}\x{061C}\x{200E}\x{200F}\x{202A}-\x{202E}\x{2066}-\x{2069}]*$"
+    r"^[^\p{Cc}\x{2028}\x{2029}\x{061C}\x{200E}\x{200F}\x{202A}-\x{202E}\x{2066}-\x{2069}"
+    r"\x{00AD}\x{115F}\x{1160}\x{180E}\x{200B}\x{2060}-\x{2064}\x{3164}\x{FEFF}\x{FFA0}]*$"
 )
-UNSAFE_TEXT_DESCRIPTION = "must not contain control or bidirectional formatting characters"
+UNSAFE_TEXT_DESCRIPTION = (
+    "must not contain control, bidirectional formatting or invisible characters"
+)
+# Categories that show nothing on their own: format characters (ZWJ, tags, variation
+# selectors' kin), combining marks, separators.
+_SHOWS_NOTHING = frozenset({"Cf", "Mn", "Me", "Zs", "Zl", "Zp", "Cc"})
 
 
 def check_display_text(value: str, field: str, what: str) -> None:
@@ -58,5 +70,10 @@ def normalized_name(name: str, what: str, field: str = "name") -> str:
         raise errors.InvalidArgument(
             f"invalid {what} name",
             (errors.FieldViolation(field, f"must be 1 to {MAX_NAME_LENGTH} characters"),),
+        )
+    if all(unicodedata.category(character) in _SHOWS_NOTHING for character in trimmed):
+        raise errors.InvalidArgument(
+            f"invalid {what} name",
+            (errors.FieldViolation(field, "must contain a visible character"),),
         )
     return trimmed

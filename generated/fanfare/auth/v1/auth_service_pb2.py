@@ -30,7 +30,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fanfare/auth/v1/auth_service.proto\x12\x0f\x66\x61nfare.auth.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1a\x66\x61nfare/auth/v1/auth.proto\x1a\x1e\x66\x61nfare/common/v1/common.proto\x1a fanfare/session/v1/session.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x01\n\x19\x43reateOrganizationRequest\x12\xd6\x01\n\x04name\x18\x01 \x01(\tB\xc7\x01\xbaH\xc3\x01r\x05\x10\x01\x18\xc8\x01\xba\x01\xb8\x01\n\x0c\x64isplay_text\x12?must not contain control or bidirectional formatting characters\x1agthis.matches(r\'^[^\\p{Cc}\\x{2028}\\x{2029}\\x{061C}\\x{200E}\\x{200F}\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$\')\"\xef\x01\n\x1a\x43reateOrganizationResponse\x12\x33\n\x0corganization\x18\x01 \x01(\x0b\x32\x1d.fanfare.auth.v1.Organization\x12\x12\n\nsecret_key\x18\x02 \x01(\t\x12\x17\n\x0flive_secret_key\x18\x03 \x01(\t\x12\x34\n\x13secret_key_metadata\x18\x04 \x01(\x0b\x32\x17.fanfare.auth.v1.ApiKey\x12\x39\n\x18live_secret_key_metadata\x18\x05 \x01(\x0b\x32\x17.fanfare.auth.v1.ApiKey\"\xc2\x04\n\x13\x43reateApiKeyRequest\x12\x37\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.fanfare.common.v1.ApiKeyKindB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12/\n\x04role\x18\x02 \x01(\x0e\x32\x17.fanfare.common.v1.RoleB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\xd6\x01\n\x04name\x18\x03 \x01(\tB\xc7\x01\xbaH\xc3\x01r\x05\x10\x01\x18\xc8\x01\xba\x01\xb8\x01\n\x0c\x64isplay_text\x12?must not contain control or bidirectional formatting characters\x1agthis.matches(r\'^[^\\p{Cc}\\x{2028}\\x{2029}\\x{061C}\\x{200E}\\x{200F}\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$\')\x12\x41\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x11\xbaH\x0e\xb2\x01\x0b\x1a\x07\x08\x80\x9c\xcc\xf0\xaf\x07@\x01:\xa4\x01\xbaH\xa0\x01\x1a\x9d\x01\n create_api_key.role_matches_kind\x12Grole is required for secret keys and must be unset for publishable keys\x1a\x30this.kind == 2 ? this.role != 0 : this.role == 0\"P\n\x14\x43reateApiKeyResponse\x12(\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x17.fanfare.auth.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"j\n\x12ListApiKeysRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x10\x12\x17\n\x0finclude_revoked\x18\x03 \x01(\x08\"Y\n\x13ListApiKeysResponse\x12)\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x17.fanfare.auth.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x86\x01\n\x13RotateApiKeyRequest\x12.\n\x06key_id\x18\x01 \x01(\tB\x1e\xbaH\x1br\x19\x32\x17^key_[A-Za-z0-9]{1,64}$\x12?\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0e\xbaH\x0b\xaa\x01\x08\"\x04\x08\x80\xf5$2\x00\"\x83\x01\n\x14RotateApiKeyResponse\x12(\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x17.fanfare.auth.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x31\n\x10previous_api_key\x18\x03 \x01(\x0b\x32\x17.fanfare.auth.v1.ApiKey\"E\n\x13RevokeApiKeyRequest\x12.\n\x06key_id\x18\x01 \x01(\tB\x1e\xbaH\x1br\x19\x32\x17^key_[A-Za-z0-9]{1,64}$\"@\n\x14RevokeApiKeyResponse\x12(\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x17.fanfare.auth.v1.ApiKey\":\n\x1dStartPasswordlessLoginRequest\x12\x19\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01\"f\n\x1eStartPasswordlessLoginResponse\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x1eVerifyPasswordlessLoginRequest\x12\x34\n\x0c\x63hallenge_id\x18\x01 \x01(\tB\x1e\xbaH\x1br\x19\x32\x17^chl_[A-Za-z0-9]{1,64}$\x12\x1f\n\x04\x63ode\x18\x02 \x01(\tB\x11\xbaH\x0er\x0c\x32\n^[0-9]{6}$\"\xf7\x01\n\x1fVerifyPasswordlessLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12,\n\x07session\x18\x03 \x01(\x0b\x32\x1b.fanfare.session.v1.Session\x12;\n\x17\x61\x63\x63\x65ss_token_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x18refresh_token_expires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x10\n\x0eGetJwksRequest\"_\n\x0fGetJwksResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\x12)\n\x04keys\x18\x02 \x03(\x0b\x32\x1b.fanfare.auth.v1.JsonWebKey\x12\x0e\n\x06issuer\x18\x03 \x01(\t2\xb4\x06\n\x0b\x41uthService\x12m\n\x12\x43reateOrganization\x12*.fanfare.auth.v1.CreateOrganizationRequest\x1a+.fanfare.auth.v1.CreateOrganizationResponse\x12[\n\x0c\x43reateApiKey\x12$.fanfare.auth.v1.CreateApiKeyRequest\x1a%.fanfare.auth.v1.CreateApiKeyResponse\x12X\n\x0bListApiKeys\x12#.fanfare.auth.v1.ListApiKeysRequest\x1a$.fanfare.auth.v1.ListApiKeysResponse\x12[\n\x0cRotateApiKey\x12$.fanfare.auth.v1.RotateApiKeyRequest\x1a%.fanfare.auth.v1.RotateApiKeyResponse\x12[\n\x0cRevokeApiKey\x12$.fanfare.auth.v1.RevokeApiKeyRequest\x1a%.fanfare.auth.v1.RevokeApiKeyResponse\x12y\n\x16StartPasswordlessLogin\x12..fanfare.auth.v1.StartPasswordlessLoginRequest\x1a/.fanfare.auth.v1.StartPasswordlessLoginResponse\x12|\n\x17VerifyPasswordlessLogin\x12/.fanfare.auth.v1.VerifyPasswordlessLoginRequest\x1a\x30.fanfare.auth.v1.VerifyPasswordlessLoginResponse\x12L\n\x07GetJwks\x12\x1f.fanfare.auth.v1.GetJwksRequest\x1a .fanfare.auth.v1.GetJwksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fanfare/auth/v1/auth_service.proto\x12\x0f\x66\x61nfare.auth.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1a\x66\x61nfare/auth/v1/auth.proto\x1a\x1e\x66\x61nfare/common/v1/common.proto\x1a fanfare/session/v1/session.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x02\n\x19\x43reateOrganizationRequest\x12\xa8\x02\n\x04name\x18\x01 \x01(\tB\x99\x02\xbaH\x95\x02r\x05\x10\x01\x18\xc8\x01\xba\x01\x8a\x02\n\x0c\x64isplay_text\x12?must not contain control or bidirectional formatting characters\x1a\xb8\x01this.matches(r\'^[^\\p{Cc}\\x{2028}\\x{2029}\\x{061C}\\x{200E}\\x{200F}\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}\\x{00AD}\\x{115F}\\x{1160}\\x{180E}\\x{200B}\\x{2060}-\\x{2064}\\x{3164}\\x{FEFF}\\x{FFA0}]*$\')\"\xef\x01\n\x1a\x43reateOrganizationResponse\x12\x33\n\x0corganization\x18\x01 \x01(\x0b\x32\x1d.fanfare.auth.v1.Organization\x12\x12\n\nsecret_key\x18\x02 \x01(\t\x12\x17\n\x0flive_secret_key\x18\x03 \x01(\t\x12\x34\n\x13secret_key_metadata\x18\x04 \x01(\x0b\x32\x17.fanfare.auth.v1.ApiKey\x12\x39\n\x18live_secret_key_metadata\x18\x05 \x01(\x0b\x32\x17.fanfare.auth.v1.ApiKey\"\x94\x05\n\x13\x43reateApiKeyRequest\x12\x37\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.fanfare.common.v1.ApiKeyKindB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12/\n\x04role\x18\x02 \x01(\x0e\x32\x17.fanfare.common.v1.RoleB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\xa8\x02\n\x04name\x18\x03 \x01(\tB\x99\x02\xbaH\x95\x02r\x05\x10\x01\x18\xc8\x01\xba\x01\x8a\x02\n\x0c\x64isplay_text\x12?must not contain control or bidirectional formatting characters\x1a\xb8\x01this.matches(r\'^[^\\p{Cc}\\x{2028}\\x{2029}\\x{061C}\\x{200E}\\x{200F}\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}\\x{00AD}\\x{115F}\\x{1160}\\x{180E}\\x{200B}\\x{2060}-\\x{2064}\\x{3164}\\x{FEFF}\\x{FFA0}]*$\')\x12\x41\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x11\xbaH\x0e\xb2\x01\x0b\x1a\x07\x08\x80\x9c\xcc\xf0\xaf\x07@\x01:\xa4\x01\xbaH\xa0\x01\x1a\x9d\x01\n create_api_key.role_matches_kind\x12Grole is required for secret keys and must be unset for publishable keys\x1a\x30this.kind == 2 ? this.role != 0 : this.role == 0\"P\n\x14\x43reateApiKeyResponse\x12(\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x17.fanfare.auth.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"j\n\x12ListApiKeysRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x10\x12\x17\n\x0finclude_revoked\x18\x03 \x01(\x08\"Y\n\x13ListApiKeysResponse\x12)\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x17.fanfare.auth.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x86\x01\n\x13RotateApiKeyRequest\x12.\n\x06key_id\x18\x01 \x01(\tB\x1e\xbaH\x1br\x19\x32\x17^key_[A-Za-z0-9]{1,64}$\x12?\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0e\xbaH\x0b\xaa\x01\x08\"\x04\x08\x80\xf5$2\x00\"\x83\x01\n\x14RotateApiKeyResponse\x12(\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x17.fanfare.auth.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x31\n\x10previous_api_key\x18\x03 \x01(\x0b\x32\x17.fanfare.auth.v1.ApiKey\"E\n\x13RevokeApiKeyRequest\x12.\n\x06key_id\x18\x01 \x01(\tB\x1e\xbaH\x1br\x19\x32\x17^key_[A-Za-z0-9]{1,64}$\"@\n\x14RevokeApiKeyResponse\x12(\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x17.fanfare.auth.v1.ApiKey\":\n\x1dStartPasswordlessLoginRequest\x12\x19\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01\"f\n\x1eStartPasswordlessLoginResponse\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x1eVerifyPasswordlessLoginRequest\x12\x34\n\x0c\x63hallenge_id\x18\x01 \x01(\tB\x1e\xbaH\x1br\x19\x32\x17^chl_[A-Za-z0-9]{1,64}$\x12\x1f\n\x04\x63ode\x18\x02 \x01(\tB\x11\xbaH\x0er\x0c\x32\n^[0-9]{6}$\"\xf7\x01\n\x1fVerifyPasswordlessLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12,\n\x07session\x18\x03 \x01(\x0b\x32\x1b.fanfare.session.v1.Session\x12;\n\x17\x61\x63\x63\x65ss_token_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x18refresh_token_expires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x10\n\x0eGetJwksRequest\"_\n\x0fGetJwksResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\x12)\n\x04keys\x18\x02 \x03(\x0b\x32\x1b.fanfare.auth.v1.JsonWebKey\x12\x0e\n\x06issuer\x18\x03 \x01(\t2\xb4\x06\n\x0b\x41uthService\x12m\n\x12\x43reateOrganization\x12*.fanfare.auth.v1.CreateOrganizationRequest\x1a+.fanfare.auth.v1.CreateOrganizationResponse\x12[\n\x0c\x43reateApiKey\x12$.fanfare.auth.v1.CreateApiKeyRequest\x1a%.fanfare.auth.v1.CreateApiKeyResponse\x12X\n\x0bListApiKeys\x12#.fanfare.auth.v1.ListApiKeysRequest\x1a$.fanfare.auth.v1.ListApiKeysResponse\x12[\n\x0cRotateApiKey\x12$.fanfare.auth.v1.RotateApiKeyRequest\x1a%.fanfare.auth.v1.RotateApiKeyResponse\x12[\n\x0cRevokeApiKey\x12$.fanfare.auth.v1.RevokeApiKeyRequest\x1a%.fanfare.auth.v1.RevokeApiKeyResponse\x12y\n\x16StartPasswordlessLogin\x12..fanfare.auth.v1.StartPasswordlessLoginRequest\x1a/.fanfare.auth.v1.StartPasswordlessLoginResponse\x12|\n\x17VerifyPasswordlessLogin\x12/.fanfare.auth.v1.VerifyPasswordlessLoginRequest\x1a\x30.fanfare.auth.v1.VerifyPasswordlessLoginResponse\x12L\n\x07GetJwks\x12\x1f.fanfare.auth.v1.GetJwksRequest\x1a .fanfare.auth.v1.GetJwksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,13 +38,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fanfare.auth.v1.auth_servic
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATEORGANIZATIONREQUEST'].fields_by_name['name']._loaded_options = None
-  _globals['_CREATEORGANIZATIONREQUEST'].fields_by_name['name']._serialized_options = b'\272H\303\001r\005\020\001\030\310\001\272\001\270\001\n\014display_text\022?must not contain control or bidirectional formatting characters\032gthis.matches(r\'^[^\\p{Cc}\\x{2028}\\x{2029}\\x{061C}\\x{200E}\\x{200F}\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$\')'
+  _globals['_CREATEORGANIZATIONREQUEST'].fields_by_name['name']._serialized_options = b'\272H\225\002r\005\020\001\030\310\001\272\001\212\002\n\014display_text\022?must not contain control or bidirectional formatting characters\032\270\001this.matches(r\'^[^\\p{Cc}\\x{2028}\\x{2029}\\x{061C}\\x{200E}\\x{200F}\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}\\x{00AD}\\x{115F}\\x{1160}\\x{180E}\\x{200B}\\x{2060}-\\x{2064}\\x{3164}\\x{FEFF}\\x{FFA0}]*$\')'
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['kind']._loaded_options = None
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['kind']._serialized_options = b'\272H\007\202\001\004\020\001 \000'
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['role']._loaded_options = None
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['role']._serialized_options = b'\272H\005\202\001\002\020\001'
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['name']._loaded_options = None
-  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['name']._serialized_options = b'\272H\303\001r\005\020\001\030\310\001\272\001\270\001\n\014display_text\022?must not contain control or bidirectional formatting characters\032gthis.matches(r\'^[^\\p{Cc}\\x{2028}\\x{2029}\\x{061C}\\x{200E}\\x{200F}\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$\')'
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['name']._serialized_options = b'\272H\225\002r\005\020\001\030\310\001\272\001\212\002\n\014display_text\022?must not contain control or bidirectional formatting characters\032\270\001this.matches(r\'^[^\\p{Cc}\\x{2028}\\x{2029}\\x{061C}\\x{200E}\\x{200F}\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}\\x{00AD}\\x{115F}\\x{1160}\\x{180E}\\x{200B}\\x{2060}-\\x{2064}\\x{3164}\\x{FEFF}\\x{FFA0}]*$\')'
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['expires_at']._loaded_options = None
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['expires_at']._serialized_options = b'\272H\016\262\001\013\032\007\010\200\234\314\360\257\007@\001'
   _globals['_CREATEAPIKEYREQUEST']._loaded_options = None
@@ -66,37 +66,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYPASSWORDLESSLOGINREQUEST'].fields_by_name['code']._loaded_options = None
   _globals['_VERIFYPASSWORDLESSLOGINREQUEST'].fields_by_name['code']._serialized_options = b'\272H\016r\0142\n^[0-9]{6}$'
   _globals['_CREATEORGANIZATIONREQUEST']._serialized_start=244
-  _globals['_CREATEORGANIZATIONREQUEST']._serialized_end=488
-  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_start=491
-  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_end=730
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=733
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1311
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1313
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1393
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1395
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1501
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1503
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1592
-  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=1595
-  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=1729
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=1732
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=1863
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1865
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1934
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1936
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=2000
-  _globals['_STARTPASSWORDLESSLOGINREQUEST']._serialized_start=2002
-  _globals['_STARTPASSWORDLESSLOGINREQUEST']._serialized_end=2060
-  _globals['_STARTPASSWORDLESSLOGINRESPONSE']._serialized_start=2062
-  _globals['_STARTPASSWORDLESSLOGINRESPONSE']._serialized_end=2164
-  _globals['_VERIFYPASSWORDLESSLOGINREQUEST']._serialized_start=2166
-  _globals['_VERIFYPASSWORDLESSLOGINREQUEST']._serialized_end=2285
-  _globals['_VERIFYPASSWORDLESSLOGINRESPONSE']._serialized_start=2288
-  _globals['_VERIFYPASSWORDLESSLOGINRESPONSE']._serialized_end=2535
-  _globals['_GETJWKSREQUEST']._serialized_start=2537
-  _globals['_GETJWKSREQUEST']._serialized_end=2553
-  _globals['_GETJWKSRESPONSE']._serialized_start=2555
-  _globals['_GETJWKSRESPONSE']._serialized_end=2650
-  _globals['_AUTHSERVICE']._serialized_start=2653
-  _globals['_AUTHSERVICE']._serialized_end=3473
+  _globals['_CREATEORGANIZATIONREQUEST']._serialized_end=570
+  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_start=573
+  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_end=812
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=815
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1475
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1477
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1557
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1559
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1665
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1667
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1756
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=1759
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=1893
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=1896
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=2027
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=2029
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2098
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=2100
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=2164
+  _globals['_STARTPASSWORDLESSLOGINREQUEST']._serialized_start=2166
+  _globals['_STARTPASSWORDLESSLOGINREQUEST']._serialized_end=2224
+  _globals['_STARTPASSWORDLESSLOGINRESPONSE']._serialized_start=2226
+  _globals['_STARTPASSWORDLESSLOGINRESPONSE']._serialized_end=2328
+  _globals['_VERIFYPASSWORDLESSLOGINREQUEST']._serialized_start=2330
+  _globals['_VERIFYPASSWORDLESSLOGINREQUEST']._serialized_end=2449
+  _globals['_VERIFYPASSWORDLESSLOGINRESPONSE']._serialized_start=2452
+  _globals['_VERIFYPASSWORDLESSLOGINRESPONSE']._serialized_end=2699
+  _globals['_GETJWKSREQUEST']._serialized_start=2701
+  _globals['_GETJWKSREQUEST']._serialized_end=2717
+  _globals['_GETJWKSRESPONSE']._serialized_start=2719
+  _globals['_GETJWKSRESPONSE']._serialized_end=2814
+  _globals['_AUTHSERVICE']._serialized_start=2817
+  _globals['_AUTHSERVICE']._serialized_end=3637
 # @@protoc_insertion_point(module_scope)
