@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -88,13 +89,31 @@ def peer_identities(auth_context: Mapping[str, Any]) -> set[str]:
 
 
 def peer_host(peer: str) -> str:
-    """The address part of a gRPC peer string (``ipv4:1.2.3.4:5678`` → ``1.2.3.4``)."""
+    """The client a gRPC peer string counts as (``ipv4:1.2.3.4:5678`` → ``1.2.3.4``).
+
+    Limits count clients by this value, so an IPv6 peer counts as its /64 network:
+    one subscriber's allocation holds 2^64 addresses, and counting each would give
+    every attacker as many "clients". An IPv4-mapped IPv6 address is its IPv4 address.
+    """
     kind, _, rest = peer.partition(":")
     if kind == "ipv6":
-        return rest.rpartition(":")[0].strip("[]")
+        return client_network(rest.rpartition(":")[0].strip("[]"))
     if kind == "ipv4":
         return rest.rpartition(":")[0]
     return peer
+
+
+def client_network(host: str) -> str:
+    """An IPv4 address as it is; an IPv6 address as its /64 (or mapped IPv4) network."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def identity_metadata(pairs: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:

@@ -36,7 +36,8 @@ class CallState:
             response-headers layer before any work (servicer or idempotent replay).
         headers_sent: Whether ``response_headers`` went out as initial metadata.
         principal: Who is calling, once authentication has run.
-        client_host: The caller's IP address, for keyed digests only (never stored).
+        client_host: The client limits count the caller as (its IPv4 address or IPv6 /64),
+            for keyed digests only (never stored).
         device_fingerprint: The raw ``x-fanfare-device`` value, for keyed digests only.
     """
 
