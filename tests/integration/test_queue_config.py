@@ -15,6 +15,7 @@ from fanfare.queue.v1 import queue_service_pb2 as queues
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from fanfare_grpc.domain import events
+from fanfare_grpc.domain.queue_admission import CLOSED_QUEUE_SWEEP
 from fanfare_grpc.domain.queues import QueueChanges
 from fanfare_grpc.errors import InvalidArgument
 from tests.conftest import BackendSettings
@@ -446,6 +447,31 @@ async def test_a_draft_queue_closes_at_its_closes_at(qw: QueueWorld) -> None:
     await worker.run_once()
     got = await qw.stub.GetQueue(queues.GetQueueRequest(queue_id=draft), metadata=qw.operator())
     assert got.queue.status == queue_pb2.QUEUE_STATUS_DRAFT
+
+
+async def test_the_worker_reads_only_queues_it_has_work_for(qw: QueueWorld) -> None:
+    # It runs every second: every draft and every queue ever closed would make each
+    # pass grow with the deployment's history.
+    clock = qw.world.clock
+    application = qw.world.server.application
+    plain_draft = (await qw.create()).queue.queue_id
+    closing_draft = (
+        await qw.create(closes_at=timestamp(clock() + dt.timedelta(hours=1)))
+    ).queue.queue_id
+    scheduled = (
+        await qw.create(opens_at=timestamp(clock() + dt.timedelta(hours=1)))
+    ).queue.queue_id
+    open_queue = await qw.open_queue()
+    closed = await qw.open_queue()
+    await qw.stub.CloseQueue(queues.CloseQueueRequest(queue_id=closed), metadata=qw.operator())
+    store = application.queue_worker._schedule
+
+    recently = {queue.queue_id for queue in await store.needing_work(clock() - CLOSED_QUEUE_SWEEP)}
+    assert recently == {closing_draft, scheduled, open_queue, closed}
+    assert plain_draft not in recently
+    later = clock() + CLOSED_QUEUE_SWEEP + dt.timedelta(minutes=1)
+    long_after = {queue.queue_id for queue in await store.needing_work(later - CLOSED_QUEUE_SWEEP)}
+    assert long_after == {closing_draft, scheduled, open_queue}
 
 
 async def test_queue_names_refuse_control_and_bidi_characters(qw: QueueWorld) -> None:

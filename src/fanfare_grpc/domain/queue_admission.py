@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Protocol
 
 from fanfare_grpc import errors
@@ -36,8 +36,11 @@ CLOSED_QUEUE_SWEEP = dt.timedelta(hours=25)
 class QueueSchedule(Protocol):
     """Cross-organization index of queues (worker only)."""
 
-    async def scheduled(self, statuses: Collection[QueueStatus]) -> list[ScheduledQueue]:
-        """Queues with one of ``statuses``."""
+    async def needing_work(self, closed_since: dt.datetime) -> list[ScheduledQueue]:
+        """The queues the worker has something to do for: SCHEDULED, OPEN and PAUSED
+        ones, DRAFT ones with a ``closes_at``, and those CLOSED since ``closed_since``
+        (their admissions may still expire). Never every draft or closed queue ever
+        made: this runs every second."""
         ...
 
 
@@ -66,7 +69,7 @@ class QueueWorker:
         now = self._clock()
         # DRAFT too: any queue closes at its closes_at, a draft included (otherwise a
         # draft past its closes_at would stay a draft that OpenQueue could still open).
-        queues = await self._schedule.scheduled(tuple(QueueStatus))
+        queues = await self._schedule.needing_work(now - CLOSED_QUEUE_SWEEP)
         for scheduled in queues:
             if self._transition_due(scheduled, now):
                 await self._config.apply_schedule(

@@ -162,12 +162,26 @@ class SqlQueueStore:
             )
             return True
 
-    async def scheduled(self, statuses: Collection[QueueStatus]) -> list[ScheduledQueue]:
-        """Queues of every organization with one of ``statuses`` (worker only)."""
+    async def needing_work(self, closed_since: dt.datetime) -> list[ScheduledQueue]:
+        """Queues of every organization the worker has work for (worker only)."""
+        live = (QueueStatus.SCHEDULED, QueueStatus.OPEN, QueueStatus.PAUSED)
         async with self._database.transaction(None) as session:
             rows = await session.scalars(
                 select(QueueScheduleRow).where(
-                    QueueScheduleRow.status.in_([status.value for status in statuses])
+                    or_(
+                        QueueScheduleRow.status.in_([status.value for status in live]),
+                        and_(
+                            QueueScheduleRow.status == QueueStatus.DRAFT.value,
+                            QueueScheduleRow.closes_at.is_not(None),
+                        ),
+                        and_(
+                            QueueScheduleRow.status == QueueStatus.CLOSED.value,
+                            or_(
+                                QueueScheduleRow.closed_at.is_(None),
+                                QueueScheduleRow.closed_at >= closed_since,
+                            ),
+                        ),
+                    )
                 )
             )
             return [
