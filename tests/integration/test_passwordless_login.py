@@ -308,6 +308,27 @@ async def test_the_mailbox_ceiling_bounds_mails_and_delivered_codes_still_verify
     assert (await world.verify_login(mine.challenge_id, my_code, device="phone")).access_token
 
 
+async def test_a_device_that_logged_in_before_is_mailed_past_the_ceiling(
+    world: ConsumerWorld,
+) -> None:
+    victim = "uma@example.com"
+    await world.login(victim, device="phone")  # the owner's phone is recognized now
+    for client in range(2, 7):
+        async with from_client(world, f"127.0.0.{client}") as stranger:
+            for _ in range(LIMITS.starts_per_email_and_device.count):
+                await stranger.start_login(victim, device=f"attacker-{client}")
+    sent = await mails_sent(world)
+    # The strangers filled the mailbox for new devices ...
+    laptop = await world.start_login(victim, device="laptop")
+    assert await mails_sent(world) == sent
+    assert laptop.challenge_id not in world.codes.codes
+    # ... but not for the phone that logged in before.
+    again = await world.start_login(victim, device="phone")
+    code = await world.codes.code_for(again.challenge_id)
+    assert await mails_sent(world) == sent + 1
+    assert (await world.verify_login(again.challenge_id, code, device="phone")).access_token
+
+
 async def test_wrong_guesses_on_a_strangers_own_challenges_do_not_block_the_owner(
     world: ConsumerWorld,
 ) -> None:

@@ -76,8 +76,12 @@ class LoginLimits:
     starts_per_email_and_client: Limit = Limit(5, dt.timedelta(minutes=15))
     starts_per_email_and_device: Limit = Limit(5, dt.timedelta(minutes=15))
     # Past it a start is still answered as usual, but its code is not mailed: an
-    # address receives at most this many codes, however many clients ask.
+    # address receives at most this many codes, however many clients ask. Devices
+    # that logged in to the address before are not held by it (a stranger filling
+    # the mailbox cannot keep its owner's phone from logging in again).
     mails_per_email: Limit = Limit(20, dt.timedelta(hours=1))
+    # How long a device that logged in to an address stays recognized for it.
+    recognized_device: dt.timedelta = dt.timedelta(days=90)
     verifications_per_client: Limit = Limit(50, dt.timedelta(minutes=15))
     verifications_per_email_and_device: Limit = Limit(10, dt.timedelta(minutes=15))
 
@@ -192,6 +196,11 @@ class CodeSenders:
         raise errors.FailedPrecondition(NO_DELIVERY_CHANNEL)
 
 
+def _recognized_key(scope: str, email_index: str, device_hash: str) -> str:
+    """Counter whose presence says: this device logged in to this address before."""
+    return f"{scope}:recognized-device:{email_index}:{device_hash}"
+
+
 class PasswordlessLogin:
     """``StartPasswordlessLogin`` and ``VerifyPasswordlessLogin``."""
 
@@ -231,9 +240,10 @@ class PasswordlessLogin:
     ) -> StartedLogin:
         """Create a challenge and send its code (whether or not the address is known).
 
-        Past the address's mailbox ceiling nothing is mailed and nothing is voided: the
-        device gets its open challenge back (whose code it already has), or a challenge
-        that no code answers. The answer looks the same either way.
+        Past the address's mailbox ceiling nothing is mailed and nothing is voided
+        (unless the device logged in to this address before): the device gets its open
+        challenge back (whose code it already has), or a challenge that no code
+        answers. The answer looks the same either way.
 
         Args:
             client_host: The caller's IP (only its keyed digest keys the limits).
@@ -262,9 +272,14 @@ class PasswordlessLogin:
             limits.starts_per_email_and_device,
         )
         now = self._clock()
+        # Read for every start (known address or not): the same work either way.
+        recognized = await self._counters.get(_recognized_key(scope, email_index, device_hash))
         # Counted only for starts that passed the limits above, so refused starts
         # cannot fill the mailbox.
-        if not await self._below(f"{scope}:mail:email:{email_index}", limits.mails_per_email):
+        within_ceiling = await self._below(
+            f"{scope}:mail:email:{email_index}", limits.mails_per_email
+        )
+        if not within_ceiling and not recognized:
             return await self._unmailed(organization_id, mode, email_index, device_hash, now)
         code = new_code()
         challenge_id = ids.new_id(CHALLENGE_PREFIX)
@@ -385,6 +400,12 @@ class PasswordlessLogin:
             raise errors.Unauthenticated(INVALID_CODE)
         if not await self._challenges.consume(organization_id, mode, challenge_id, now):
             raise errors.Unauthenticated(INVALID_CODE)
+        # Only the mailbox's owner could answer: this device is theirs from now on.
+        await self._counters.increment(
+            _recognized_key(scope, challenge.email_index, device_hash),
+            1,
+            self._limits.recognized_device.total_seconds(),
+        )
         email = await self._vault.open_from_challenge(
             organization_id, challenge_id, challenge.email_ciphertext
         )
