@@ -60,6 +60,9 @@ class Settings:
             may hold on one replica; more are refused with RESOURCE_EXHAUSTED.
         watch_streams_per_client: Open ``WatchPosition`` streams one client IP address
             may hold on one replica (all its sessions); room for shoppers behind NAT.
+        public_streams_per_client: Open streams of the methods that need no credential
+            (``Health/Watch``, server reflection) one client IP address may hold on
+            one replica.
         max_concurrent_streams: HTTP/2 streams (calls in flight) one client connection
             may have open; further calls on that connection wait for a free one.
     """
@@ -91,6 +94,7 @@ class Settings:
     smtp_ca_file: Path | None = None
     watch_streams_per_session: int = 4
     watch_streams_per_client: int = 64
+    public_streams_per_client: int = 16
     max_concurrent_streams: int = 100
 
     @property
@@ -224,6 +228,9 @@ class Settings:
             ),
             watch_streams_per_client=count(
                 "FANFARE_WATCH_STREAMS_PER_CLIENT", defaults.watch_streams_per_client
+            ),
+            public_streams_per_client=count(
+                "FANFARE_PUBLIC_STREAMS_PER_CLIENT", defaults.public_streams_per_client
             ),
             max_concurrent_streams=count(
                 "FANFARE_MAX_CONCURRENT_STREAMS", defaults.max_concurrent_streams

@@ -12,6 +12,7 @@ def test_defaults() -> None:
     settings = Settings.from_env({})
     assert settings.watch_streams_per_session == 4
     assert settings.watch_streams_per_client == 64
+    assert settings.public_streams_per_client == 16
     assert settings.max_concurrent_streams == 100
 
 
@@ -21,8 +22,10 @@ def test_variables_are_read() -> None:
             "FANFARE_WATCH_STREAMS_PER_SESSION": "2",
             "FANFARE_WATCH_STREAMS_PER_CLIENT": " 500 ",
             "FANFARE_MAX_CONCURRENT_STREAMS": "50",
+            "FANFARE_PUBLIC_STREAMS_PER_CLIENT": "7",
         }
     )
+    assert settings.public_streams_per_client == 7
     assert settings.watch_streams_per_session == 2
     assert settings.watch_streams_per_client == 500
     assert settings.max_concurrent_streams == 50
@@ -35,6 +38,7 @@ def test_variables_are_read() -> None:
         "FANFARE_WATCH_STREAMS_PER_SESSION",
         "FANFARE_WATCH_STREAMS_PER_CLIENT",
         "FANFARE_MAX_CONCURRENT_STREAMS",
+        "FANFARE_PUBLIC_STREAMS_PER_CLIENT",
     ],
 )
 @pytest.mark.parametrize("value", ["0", "-3", "2.5", "many"])

@@ -3,7 +3,8 @@
 Order (ARCHITECTURE.md): 1 request context, 2 audit capture, 3 pre-auth IP rate
 limit, 4 authentication, 5 principal rate limit, 6 authorization, 7 request
 validation, then idempotency and the servicer. Slots 2, 3 and 5 are filled by the
-issues that build them. Outside them all, the stream writer (transport only) closes
+issues that build them; slot 3 holds, for now, the cap on open streams of the
+methods that need no credential. Outside them all, the stream writer (transport only) closes
 every streaming call's layers in the call's own task however the call ends.
 """
 
@@ -15,6 +16,7 @@ from fanfare_grpc.app import Application
 from fanfare_grpc.interceptors.authentication import AuthenticationInterceptor
 from fanfare_grpc.interceptors.authorization import AuthorizationInterceptor
 from fanfare_grpc.interceptors.idempotency import IdempotencyInterceptor
+from fanfare_grpc.interceptors.public_streams import PublicStreamCapInterceptor
 from fanfare_grpc.interceptors.request_context import RequestContextInterceptor
 from fanfare_grpc.interceptors.response_headers import ResponseHeadersInterceptor
 from fanfare_grpc.interceptors.stream_writer import StreamWriterInterceptor
@@ -26,6 +28,12 @@ def build_interceptor_chain(application: Application) -> list[aio.ServerIntercep
     return [
         StreamWriterInterceptor(),
         RequestContextInterceptor(application.logger),
+        # Before authentication: the methods it caps need no credential.
+        PublicStreamCapInterceptor(
+            application.permissions,
+            application.settings.public_streams_per_client,
+            application.envelope.deployment_ip_digester().digest,
+        ),
         AuthenticationInterceptor(
             application.permissions,
             application.key_verifier,
