@@ -263,8 +263,11 @@ async def test_queue_state_positions_and_handoffs_are_shared_by_replicas(
                     seen.append([(int(p.entry.status), p.entry.position) for p in got])
                 return seen
 
-            # At one admission a minute the workers admit nobody during this test.
+            # Paused, the workers admit nobody during this part (even at one admission a
+            # minute, a slow run crossing a minute boundary would admit one): only the
+            # operators' AdmitConsumers below do.
             queue_id = await open_queue(rate=1)
+            await on_a.PauseQueue(queues.PauseQueueRequest(queue_id=queue_id), metadata=operator)
             line = [await shopper(f"phone-{i}", i) for i in range(10)]
             for index, someone in enumerate(line):
                 entered = await replicas[index % 2].EnterQueue(
