@@ -9,9 +9,10 @@ digest), like the ``WatchPosition`` caps; load balancers need one or two each.
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any
 
+import grpc
 from grpc import aio
 
 from fanfare_grpc import errors
@@ -41,6 +42,19 @@ class PublicStreamCapInterceptor(BehaviourInterceptor):
         """Credential-free streams open in this process."""
         return self._open.total()
 
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        policy = self._permissions.get(handler_call_details.method)
+        if policy is None or not policy.public:
+            # Every other call passes untouched: no layer of its own on the hot path.
+            return await continuation(handler_call_details)
+        return await super().intercept_service(continuation, handler_call_details)
+
     async def around_stream(
         self,
         behaviour: StreamBehaviour,
@@ -48,11 +62,6 @@ class PublicStreamCapInterceptor(BehaviourInterceptor):
         context: aio.ServicerContext[Any, Any],
         method: str,
     ) -> AsyncGenerator[Any, None]:
-        policy = self._permissions.get(method)
-        if policy is None or not policy.public:
-            async for response in super().around_stream(behaviour, request, context, method):
-                yield response
-            return
         client = self._client_digest(peer_host(context.peer() or ""))
         if self._open[client] >= self._per_client:
             raise errors.ResourceExhausted(
