@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import make_url
 
+from fanfare_grpc.domain.names import UNSAFE_TEXT_DESCRIPTION
 from tests.backends import REDIS_URL
 from tests.grpc_helpers import run_grpcurl
 from tests.processes import ServerProcess, process_env, run_cli
@@ -56,7 +57,7 @@ async def test_orgs_create_rejects_a_bad_name(tmp_path: Path) -> None:
         assert stdout == ""
         assert "invalid organization name" in stderr
         if name.strip() and len(name) <= 200:
-            assert "name must not contain control or bidirectional" in stderr
+            assert f"name {UNSAFE_TEXT_DESCRIPTION}" in stderr
 
 
 async def test_commands_refuse_an_unmigrated_database(tmp_path: Path) -> None:
