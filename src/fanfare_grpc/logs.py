@@ -55,6 +55,11 @@ MAX_BUDGETS = 1024
 BUDGETED = "_budgeted"
 
 
+# Other libraries' loggers whose arguments are known to hold nothing a caller sent:
+# alembic's migration steps name revisions ("Running upgrade 0004 -> 0005").
+ARGUMENTS_KEPT = frozenset({"alembic.runtime.migration"})
+
+
 def _is_own(record: logging.LogRecord) -> bool:
     return record.name == OWN_LOGGER or record.name.startswith(OWN_LOGGER + ".")
 
@@ -69,7 +74,7 @@ class ThirdPartyRedaction(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _is_own(record):
+        if _is_own(record) or record.name in ARGUMENTS_KEPT:
             return True
         template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
         if record.args:

@@ -60,10 +60,16 @@ def test_third_party_arguments_and_exception_messages_are_withheld() -> None:
     assert len(str(second["message"])) == 300
 
 
-def test_own_records_keep_their_arguments() -> None:
+def test_own_records_and_migration_steps_keep_their_arguments() -> None:
     handler, stream = _handler(FakeMonotonic())
     handler.handle(_record("fanfare_grpc", logging.INFO, "listening on %s", "127.0.0.1:1"))
-    assert _lines(stream)[0]["message"] == "listening on 127.0.0.1:1"
+    handler.handle(
+        _record("alembic.runtime.migration", logging.INFO, "Running %s", "upgrade 0004 -> 0005")
+    )
+    assert [line["message"] for line in _lines(stream)] == [
+        "listening on 127.0.0.1:1",
+        "Running upgrade 0004 -> 0005",
+    ]
 
 
 def test_budgeted_records_beyond_the_burst_are_dropped_and_counted() -> None:
