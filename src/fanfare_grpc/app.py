@@ -36,6 +36,7 @@ from fanfare_grpc.domain.position_feed import PositionFeed
 from fanfare_grpc.domain.queue_admission import QueueWorker
 from fanfare_grpc.domain.queue_config import QueueConfigService
 from fanfare_grpc.domain.queue_entries import QueueEntries, QueueStateDropper
+from fanfare_grpc.domain.queues import MAX_HANDOFF_TTL
 from fanfare_grpc.domain.session_service import SessionService, TokenLifetimes
 from fanfare_grpc.domain.stream_slots import StreamLimits, StreamSlots
 from fanfare_grpc.login_codes.sender import LogCodeSender
@@ -148,7 +149,10 @@ class Application:
             SqlSigningKeyStore(database),
             lambda: envelope.ring,
             rotation=dt.timedelta(seconds=settings.signing_key_rotation_seconds),
-            token_lifetime=dt.timedelta(seconds=settings.access_token_ttl_seconds),
+            # Keys sign access tokens and handoff tokens: published for the longer.
+            token_lifetime=max(
+                dt.timedelta(seconds=settings.access_token_ttl_seconds), MAX_HANDOFF_TTL
+            ),
         )
         lifetimes = TokenLifetimes(
             access=dt.timedelta(seconds=settings.access_token_ttl_seconds),

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import insert, select, text
 
 from fanfare_grpc.app import Application
 from fanfare_grpc.domain.organizations import create_organization
 from fanfare_grpc.storage import migrate
 from fanfare_grpc.storage.database import Database
+from fanfare_grpc.storage.models import SigningKeyRow
 from tests.conftest import BackendSettings, embedded_settings
 
 ORGANIZATION_TABLES = ("organizations", "organization_keys", "api_keys")
@@ -119,3 +121,47 @@ async def test_postgres_organization_tables_are_partitioned_and_isolated(
         assert used is not None and used > 1  # rows really spread over partitions
     finally:
         await owner.dispose()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+async def test_signing_keys_made_before_0006_stay_published_for_handoff_tokens(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        embedded_settings(tmp_path).effective_database_url
+        if database == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    await migrate.upgrade_to_head(url, revision="0005_queues")
+    sign_until = dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC)
+    short = sign_until + dt.timedelta(minutes=15, seconds=30)  # the old access-token window
+    owner = Database.from_url(url, as_owner=True)
+    try:
+        async with owner.engine.begin() as connection:
+            for kid, publish_until in (
+                ("ed_old", short),
+                ("ed_long", short + dt.timedelta(days=2)),
+            ):
+                await connection.execute(
+                    insert(SigningKeyRow).values(
+                        kid=kid,
+                        sealed_private_key=b"sealed",
+                        master_key_id="mk_x",
+                        created_at=sign_until - dt.timedelta(days=7),
+                        sign_until=sign_until,
+                        publish_until=publish_until,
+                    )
+                )
+        await migrate.upgrade_to_head(url)
+        async with owner.engine.connect() as connection:
+            result = await connection.execute(
+                select(SigningKeyRow.kid, SigningKeyRow.publish_until)
+            )
+            rows = {kid: publish_until for kid, publish_until in result}
+    finally:
+        await owner.dispose()
+    # Extended to the longest handoff token (24 h) plus leeway; a longer window kept.
+    assert rows == {
+        "ed_old": sign_until + dt.timedelta(hours=24, seconds=30),
+        "ed_long": short + dt.timedelta(days=2),
+    }

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from fanfare.auth.v1 import auth_service_pb2 as auth
+from fanfare.auth.v1 import auth_service_pb2_grpc
 from fanfare.queue.v1 import queue_pb2
 from fanfare.queue.v1 import queue_service_pb2 as queues
 from fanfare.session.v1 import session_service_pb2 as sessions
@@ -480,3 +482,33 @@ async def test_handoff_token_ids_are_random_not_a_count_of_admissions(qw: QueueW
     # Still redeemed once each.
     first = await qw.validate((await qw.position(queue_id, shoppers[0])).entry.handoff_token)
     assert first.valid
+
+
+async def test_a_handoff_token_outlives_the_rotation_of_its_signing_key(
+    backend: BackendSettings,
+) -> None:
+    # Keys rotate every 10 minutes here; a 1 h handoff token signed by the first key
+    # must verify (server-side and offline through GetJwks) long after that key
+    # stopped signing, until the token itself expires.
+    settings = dataclasses.replace(backend.settings, signing_key_rotation_seconds=600)
+    async with serving_consumer_world(settings, run_worker=False) as world:
+        qw = QueueWorld(world)
+        queue_id = await qw.open_queue(handoff_ttl=duration_pb2.Duration(seconds=3600))
+        shopper = await qw.shopper("device")
+        await qw.enter(queue_id, shopper)
+        await qw.admit(queue_id, 1)
+        token = (await qw.position(queue_id, shopper)).entry.handoff_token
+        kid = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))["kid"]
+        world.clock.advance(dt.timedelta(minutes=50))
+        # A new key signs by now (a new shopper's session is signed by it).
+        newer = await qw.shopper("other-device")
+        newer_kid = json.loads(base64.urlsafe_b64decode(newer.metadata[1][1].split(".")[0] + "=="))[
+            "kid"
+        ]
+        assert newer_kid != kid
+        jwks = await auth_service_pb2_grpc.AuthServiceStub(world.channel).GetJwks(
+            auth.GetJwksRequest(), metadata=qw.operator()
+        )
+        assert kid in {key.kid for key in jwks.keys}
+        redeemed = await qw.validate(token, queue_id=queue_id)
+        assert (redeemed.valid, redeemed.reason) == (True, queue_pb2.HANDOFF_TOKEN_REASON_OK)

@@ -273,7 +273,8 @@ def _decode_pairs(reply: Any) -> list[EntryRecord]:
 
 
 class RedisQueueStateStore:
-    """``QueueStateStore`` on Redis (standalone or Cluster): one round trip per call."""
+    """``QueueStateStore`` on standalone Redis (its keys are laid out for Cluster slots;
+    a Cluster client comes with the scale-out work): one round trip per call."""
 
     def __init__(self, client: Redis, prefix: str) -> None:
         self._client = client

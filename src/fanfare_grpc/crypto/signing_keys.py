@@ -86,6 +86,12 @@ class SigningKeyRing:
         rotation: dt.timedelta,
         token_lifetime: dt.timedelta,
     ) -> None:
+        """
+        Args:
+            token_lifetime: The longest lifetime of anything a key signs (access
+                tokens and handoff tokens alike): a key stays published that long
+                after it stops signing, so no token outlives its key.
+        """
         self._store = store
         self._master_keys = master_keys
         self._rotation = rotation

@@ -14,6 +14,8 @@ import datetime as dt
 import enum
 
 DEFAULT_HANDOFF_TTL = dt.timedelta(minutes=10)
+# The longest handoff_ttl the protos accept: a handoff token lives at most this long.
+MAX_HANDOFF_TTL = dt.timedelta(hours=24)
 QUEUE_PREFIX = "q_"
 
 

@@ -29,8 +29,12 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
-async def upgrade_to_head(database_url: str, *, setting: str = "FANFARE_DATABASE_URL") -> None:
+async def upgrade_to_head(
+    database_url: str, *, setting: str = "FANFARE_DATABASE_URL", revision: str = "head"
+) -> None:
     """Apply every pending migration (idempotent), connected as the tables' owner.
+
+    ``revision`` stops earlier (tests of a migration's data changes).
 
     On PostgreSQL an advisory lock serialises replicas that start together.
 
@@ -47,13 +51,13 @@ async def upgrade_to_head(database_url: str, *, setting: str = "FANFARE_DATABASE
                     text("SELECT pg_advisory_xact_lock(:lock_id)"),
                     {"lock_id": _MIGRATION_LOCK_ID},
                 )
-            await connection.run_sync(_upgrade)
+            await connection.run_sync(_upgrade, revision)
     finally:
         await owner.dispose()
 
 
-def _upgrade(connection: Connection) -> None:
-    command.upgrade(_alembic_config(connection), "head")
+def _upgrade(connection: Connection, revision: str) -> None:
+    command.upgrade(_alembic_config(connection), revision)
 
 
 async def current_revision(database: Database) -> str | None:
