@@ -512,3 +512,33 @@ async def test_a_handoff_token_outlives_the_rotation_of_its_signing_key(
         assert kid in {key.kid for key in jwks.keys}
         redeemed = await qw.validate(token, queue_id=queue_id)
         assert (redeemed.valid, redeemed.reason) == (True, queue_pb2.HANDOFF_TOKEN_REASON_OK)
+
+
+async def test_a_spent_grant_cannot_be_chained_into_a_new_one(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue()
+    redeemer, completer, leaver = [await qw.shopper(f"device-{i}") for i in range(3)]
+    for shopper in (redeemer, completer, leaver):
+        await qw.enter(queue_id, shopper)
+    assert await qw.admit(queue_id, 3) == 3
+    token = (await qw.position(queue_id, redeemer)).entry.handoff_token
+    assert (await qw.validate(token, queue_id=queue_id)).valid
+    leave = queues.LeaveQueueRequest(queue_id=queue_id)
+    enter = queues.EnterQueueRequest(queue_id=queue_id)
+    # Redeemed: cannot leave (to enter again at the back), cannot enter again.
+    error = await expect_status(
+        qw.stub.LeaveQueue(leave, metadata=redeemer.metadata), FAILED_PRECONDITION
+    )
+    assert "redeemed" in (error.details() or "")
+    await expect_status(qw.stub.EnterQueue(enter, metadata=redeemer.metadata), FAILED_PRECONDITION)
+    assert (await qw.position(queue_id, redeemer)).entry.status == ADMITTED
+    # Completed: cannot enter again either.
+    await qw.stub.CompleteConsumer(
+        queues.CompleteConsumerRequest(queue_id=queue_id, consumer_id=completer.consumer_id),
+        metadata=qw.operator(),
+    )
+    await expect_status(qw.stub.EnterQueue(enter, metadata=completer.metadata), FAILED_PRECONDITION)
+    # Admitted but not redeemed: leaving gives the grant up, and entering again is a
+    # new place at the back (the existing rule).
+    await qw.stub.LeaveQueue(leave, metadata=leaver.metadata)
+    back = await qw.stub.EnterQueue(enter, metadata=leaver.metadata)
+    assert back.entry.status == QUEUED

@@ -591,6 +591,23 @@ async def test_leave_and_deny_end_queued_and_admitted_entries(
         assert await store.expire_admissions(QUEUE, T0 + 10 * TTL, 10) == []
 
 
+async def test_a_redeemed_admission_cannot_leave(store: QueueStateStore) -> None:
+    # Leaving would free the consumer to enter again at the back and be admitted
+    # with a fresh token: grants could be chained.
+    await enter_all(store, "alice", "bob")
+    (entry,) = await store.admit(QUEUE, token_ids(1), T0, TTL)
+    assert entry.handoff_token_id is not None
+    redeemed = await store.redeem(QUEUE, "alice", entry.handoff_token_id, T0 + 1)
+    assert redeemed.outcome is RedeemOutcome.OK
+    unchanged = await store.leave(QUEUE, "alice", T0 + 2)
+    assert unchanged is not None
+    assert (unchanged.status, unchanged.redeemed_at) == (EntryStatus.ADMITTED, T0 + 1)
+    assert (await enter(store, "alice")).outcome is EnterOutcome.ALREADY_ENTERED
+    # Denial still ends it (an operator's decision).
+    denied = await store.deny(QUEUE, "alice", T0 + 3)
+    assert denied is not None and denied.status is EntryStatus.DENIED
+
+
 async def test_complete_ends_admitted_entries_only(store: QueueStateStore) -> None:
     await enter_all(store, "alice", "bob")
     await store.admit(QUEUE, token_ids(1), T0, TTL)

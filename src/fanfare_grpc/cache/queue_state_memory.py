@@ -201,7 +201,9 @@ class MemoryQueueStateStore:
         return views
 
     async def leave(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
-        return self._transition(queue, consumer_id, EntryStatus.LEFT, (_QUEUED, _ADMITTED), now)
+        return self._transition(
+            queue, consumer_id, EntryStatus.LEFT, (_QUEUED, _ADMITTED), now, unredeemed_only=True
+        )
 
     async def deny(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
         return self._transition(queue, consumer_id, EntryStatus.DENIED, (_QUEUED, _ADMITTED), now)
@@ -216,11 +218,15 @@ class MemoryQueueStateStore:
         status: EntryStatus,
         allowed_from: tuple[EntryStatus, ...],
         now: float,
+        *,
+        unredeemed_only: bool = False,
     ) -> EntryRecord | None:
         state = self._queues.get(queue)
         entry = None if state is None else state.entries.get(consumer_id)
         if state is None or entry is None:
             return None
+        if unredeemed_only and entry.redeemed_at is not None:
+            return entry.record()
         if entry.status in allowed_from:
             state.finish(entry, status, float(now))
         return entry.record()

@@ -119,15 +119,19 @@ end
 return out
 """
 
-# ARGV: consumer, new status, now, statuses it may come from... -> entry JSON or nil
+# ARGV: consumer, new status, now, '1' if a redeemed entry may not move, statuses it
+# may come from... -> entry JSON or nil
 _TRANSITION = """
-local consumer, target, now = ARGV[1], ARGV[2], ARGV[3]
+local consumer, target, now, unredeemed_only = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local raw = redis.call('HGET', entries_key, consumer)
 if not raw then
   return false
 end
 local entry = cjson.decode(raw)
-for i = 4, #ARGV do
+if unredeemed_only == '1' and entry.redeemed_at then
+  return raw
+end
+for i = 5, #ARGV do
   if entry.status == ARGV[i] then
     return finish(consumer, entry, target, now)
   end
@@ -340,7 +344,9 @@ class RedisQueueStateStore:
         return views
 
     async def leave(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
-        return await self._move(queue, consumer_id, EntryStatus.LEFT, now, _ACTIVE)
+        return await self._move(
+            queue, consumer_id, EntryStatus.LEFT, now, _ACTIVE, unredeemed_only=True
+        )
 
     async def deny(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
         return await self._move(queue, consumer_id, EntryStatus.DENIED, now, _ACTIVE)
@@ -357,10 +363,18 @@ class RedisQueueStateStore:
         status: EntryStatus,
         now: float,
         allowed_from: tuple[EntryStatus, ...],
+        *,
+        unredeemed_only: bool = False,
     ) -> EntryRecord | None:
         raw = await self._transition(
             keys=self.keys(queue),
-            args=[consumer_id, status.value, _number(now), *(s.value for s in allowed_from)],
+            args=[
+                consumer_id,
+                status.value,
+                _number(now),
+                "1" if unredeemed_only else "",
+                *(s.value for s in allowed_from),
+            ],
         )
         return None if raw is None else _decode(consumer_id, raw)
 

@@ -57,6 +57,19 @@ ADMISSION_BATCH = 1000
 Clock = Callable[[], dt.datetime]
 
 
+GRANT_SPENT = (
+    "this consumer's admission to the queue was used (handoff token redeemed or "
+    "checkout completed): one grant per consumer and queue"
+)
+
+
+def _grant_spent(entry: EntryRecord) -> bool:
+    """Admitted and redeemed, or completed: nothing more to get from this queue."""
+    return entry.status is EntryStatus.COMPLETED or (
+        entry.status is EntryStatus.ADMITTED and entry.redeemed_at is not None
+    )
+
+
 class SessionReader(Protocol):
     """Where handoff redemption checks that the admitted session still stands."""
 
@@ -243,6 +256,8 @@ class QueueEntries:
                 "the queue is full", retry_after_seconds=self._seconds_per_admission(queue)
             )
         assert result.view is not None
+        if result.outcome is EnterOutcome.ALREADY_ENTERED and _grant_spent(result.view.entry):
+            raise errors.FailedPrecondition(GRANT_SPENT)
         if result.outcome is EnterOutcome.ENTERED:
             await self._publish(
                 event_types.QUEUE_CONSUMER_ENTERED, queue, result.view.entry, pre_queue=pre_queue
@@ -274,11 +289,15 @@ class QueueEntries:
 
         Raises:
             NotFound: No such queue here, or never entered.
+            FailedPrecondition: The handoff token was redeemed: the grant is spent, and
+                leaving (then entering again at the back) would chain a new one.
         """
         queue = await self.queue(organization_id, mode, queue_id)
         entry = await self._state.leave(queue_ref(queue), consumer_id, self._now())
         if entry is None:
             raise errors.NotFound(NOT_IN_QUEUE)
+        if entry.status is EntryStatus.ADMITTED and entry.redeemed_at is not None:
+            raise errors.FailedPrecondition(GRANT_SPENT)
         if entry.status is EntryStatus.LEFT:
             await self._publish(event_types.QUEUE_CONSUMER_LEFT, queue, entry)
         return await self._position(queue, EntryView(entry, None))

@@ -182,8 +182,10 @@ class QueueStateStore(Protocol):
         ...
 
     async def leave(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
-        """QUEUED or ADMITTED → LEFT (position freed, device released, token void).
-        Other statuses are returned unchanged; None if the consumer never entered."""
+        """QUEUED, or ADMITTED with the token not yet redeemed → LEFT (position freed,
+        device released, token void). Others, a redeemed admission included, are
+        returned unchanged (a spent grant must not turn into a new place in line);
+        None if the consumer never entered."""
         ...
 
     async def admit(
