@@ -26,7 +26,12 @@ class ConsumerToken(enum.Enum):
 ADMIN_ONLY = frozenset({Role.ADMIN})
 OPERATORS = frozenset({Role.ADMIN, Role.OPERATOR})
 AUDITORS = frozenset({Role.ADMIN, Role.AUDITOR})
-ANY_ROLE = frozenset(Role)
+# API.md's bare "sk": every role but CHECKOUT, a restricted key that gets only the
+# three RPCs that name it.
+ANY_ROLE = frozenset({Role.ADMIN, Role.OPERATOR, Role.AUDITOR, Role.READONLY})
+CHECKOUT = frozenset({Role.CHECKOUT})
+# Redeeming a shopper's grant: operators and checkout backends, never read-only roles.
+REDEEMERS = OPERATORS | CHECKOUT
 NO_ROLE: frozenset[Role] = frozenset()
 
 
@@ -87,13 +92,13 @@ PERMISSIONS: Mapping[str, MethodPolicy] = {
     _AUTH + "RevokeApiKey": _secret(ADMIN_ONLY, mutating=True),
     _AUTH + "StartPasswordlessLogin": MethodPolicy(publishable=True),
     _AUTH + "VerifyPasswordlessLogin": MethodPolicy(publishable=True),
-    _AUTH + "GetJwks": MethodPolicy(publishable=True, secret_roles=ANY_ROLE),
+    _AUTH + "GetJwks": MethodPolicy(publishable=True, secret_roles=ANY_ROLE | CHECKOUT),
     # SessionService
     _SESSION + "CreateGuestSession": MethodPolicy(publishable=True),
     _SESSION + "RefreshSession": MethodPolicy(publishable=True),
     _SESSION + "GetSession": _consumer(),
     _SESSION + "RevokeSession": _consumer(OPERATORS, mutating=True),
-    _SESSION + "ValidateSession": _secret(ANY_ROLE),
+    _SESSION + "ValidateSession": _secret(ANY_ROLE | CHECKOUT),
     _SESSION + "ListSessions": _secret(OPERATORS),
     _SESSION + "EraseConsumer": _secret(ADMIN_ONLY, mutating=True),
     # QueueService
@@ -113,7 +118,7 @@ PERMISSIONS: Mapping[str, MethodPolicy] = {
     _QUEUE + "DenyConsumer": _secret(OPERATORS, mutating=True),
     _QUEUE + "CompleteConsumer": _secret(OPERATORS, mutating=True),
     _QUEUE + "ValidateHandoffToken": MethodPolicy(
-        secret_roles=ANY_ROLE, mutating=True, redeems=True
+        secret_roles=REDEEMERS, mutating=True, redeems=True
     ),
     _QUEUE + "GetQueueStats": _secret(ANY_ROLE),
     # WebhookService

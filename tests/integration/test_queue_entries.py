@@ -15,6 +15,7 @@ import grpc
 import pytest
 from fanfare.auth.v1 import auth_service_pb2 as auth
 from fanfare.auth.v1 import auth_service_pb2_grpc
+from fanfare.common.v1 import common_pb2
 from fanfare.queue.v1 import queue_pb2
 from fanfare.queue.v1 import queue_service_pb2 as queues
 from fanfare.session.v1 import session_service_pb2 as sessions
@@ -23,7 +24,7 @@ from google.protobuf import duration_pb2
 from fanfare_grpc.domain import events
 from tests.conftest import BackendSettings
 from tests.consumers import serving_consumer_world
-from tests.grpc_helpers import expect_status
+from tests.grpc_helpers import bearer, expect_status
 from tests.queues import QueueWorld, timestamp
 
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
@@ -542,3 +543,39 @@ async def test_a_spent_grant_cannot_be_chained_into_a_new_one(qw: QueueWorld) ->
     await qw.stub.LeaveQueue(leave, metadata=leaver.metadata)
     back = await qw.stub.EnterQueue(enter, metadata=leaver.metadata)
     assert back.entry.status == QUEUED
+
+
+async def test_checkout_keys_redeem_and_read_only_keys_cannot(qw: QueueWorld) -> None:
+    async def secret_key(role: int) -> str:
+        created = await qw.world.auth.CreateApiKey(
+            auth.CreateApiKeyRequest(kind=common_pb2.API_KEY_KIND_SECRET, role=role, name="k"),
+            metadata=qw.operator(),
+        )
+        assert created.api_key.role == role
+        return str(created.secret)
+
+    checkout = await secret_key(common_pb2.ROLE_CHECKOUT)
+    readonly = await secret_key(common_pb2.ROLE_READONLY)
+    auditor = await secret_key(common_pb2.ROLE_AUDITOR)
+    queue_id = await qw.open_queue()
+    shopper = await qw.shopper("device")
+    await qw.enter(queue_id, shopper)
+    await qw.admit(queue_id, 1)
+    token = (await qw.position(queue_id, shopper)).entry.handoff_token
+    redeem = queues.ValidateHandoffTokenRequest(handoff_token=token, queue_id=queue_id)
+    for weak in (readonly, auditor):
+        await expect_status(
+            qw.stub.ValidateHandoffToken(redeem, metadata=bearer(weak)),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+    # The refusals burnt nothing: the checkout backend redeems it.
+    redeemed = await qw.stub.ValidateHandoffToken(redeem, metadata=bearer(checkout))
+    assert redeemed.valid
+    # And a checkout key can do nothing beyond its three RPCs.
+    await expect_status(
+        qw.stub.GetQueueStats(
+            queues.GetQueueStatsRequest(queue_id=queue_id), metadata=bearer(checkout)
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    await qw.world.auth.GetJwks(auth.GetJwksRequest(), metadata=bearer(checkout))

@@ -117,14 +117,43 @@ def test_operator_reads_follow_the_api_contract(method: str) -> None:
     "method",
     [
         "/fanfare.session.v1.SessionService/ValidateSession",
-        "/fanfare.queue.v1.QueueService/ValidateHandoffToken",
         "/fanfare.queue.v1.QueueService/GetQueueStats",
         "/fanfare.auth.v1.AuthService/GetJwks",
     ],
 )
-def test_plain_sk_rpcs_accept_every_role(method: str) -> None:
-    for role in Role:
+def test_plain_sk_rpcs_accept_every_role_but_checkout(method: str) -> None:
+    for role in (Role.ADMIN, Role.OPERATOR, Role.AUDITOR, Role.READONLY):
         check_permission(PERMISSIONS[method], _secret(role))
+
+
+def test_only_operators_and_checkout_backends_redeem_handoff_tokens() -> None:
+    # Redeeming burns a shopper's grant: read-only roles must not be able to.
+    policy = PERMISSIONS["/fanfare.queue.v1.QueueService/ValidateHandoffToken"]
+    for role in (Role.ADMIN, Role.OPERATOR, Role.CHECKOUT):
+        check_permission(policy, _secret(role))
+    for role in (Role.AUDITOR, Role.READONLY):
+        with pytest.raises(errors.PermissionDenied) as denied:
+            check_permission(policy, _secret(role))
+        assert (
+            denied.value.message == "requires a secret key with role ADMIN or OPERATOR or CHECKOUT"
+        )
+
+
+def test_a_checkout_key_may_call_three_rpcs_and_nothing_else() -> None:
+    allowed = set()
+    for method, policy in PERMISSIONS.items():
+        if policy.public:
+            continue
+        try:
+            check_permission(policy, _secret(Role.CHECKOUT))
+        except errors.PermissionDenied:
+            continue
+        allowed.add(method)
+    assert allowed == {
+        "/fanfare.queue.v1.QueueService/ValidateHandoffToken",
+        "/fanfare.session.v1.SessionService/ValidateSession",
+        "/fanfare.auth.v1.AuthService/GetJwks",
+    }
 
 
 def _response_fields(method: str) -> list[tuple[str, str, bool]]:

@@ -27,6 +27,8 @@ class Role(enum.StrEnum):
     OPERATOR = "operator"
     AUDITOR = "auditor"
     READONLY = "readonly"
+    # A merchant's checkout backend: redeems handoff tokens, checks sessions, no more.
+    CHECKOUT = "checkout"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ from fanfare_grpc.permissions import ANY_ROLE, ConsumerToken, MethodPolicy
 
 NOT_ALLOWED = "not allowed to call this method"
 CONSUMER_SESSION_REQUIRED = "consumer session required: send x-fanfare-session and x-fanfare-device"
-_ROLE_ORDER = (Role.ADMIN, Role.OPERATOR, Role.AUDITOR, Role.READONLY)
+_ROLE_ORDER = (Role.ADMIN, Role.OPERATOR, Role.AUDITOR, Role.READONLY, Role.CHECKOUT)
 
 
 def requirement(policy: MethodPolicy) -> str:
@@ -29,7 +29,7 @@ def requirement(policy: MethodPolicy) -> str:
     options: list[str] = []
     if policy.platform:
         options.append("a platform client certificate (mTLS)")
-    if policy.secret_roles == ANY_ROLE:
+    if policy.secret_roles >= ANY_ROLE:
         options.append("a secret key")
     elif policy.secret_roles:
         roles = [role.name for role in _ROLE_ORDER if role in policy.secret_roles]

@@ -20,6 +20,7 @@ _ROLES = {
     Role.OPERATOR: common_pb2.ROLE_OPERATOR,
     Role.AUDITOR: common_pb2.ROLE_AUDITOR,
     Role.READONLY: common_pb2.ROLE_READONLY,
+    Role.CHECKOUT: common_pb2.ROLE_CHECKOUT,
 }
 _KINDS_FROM_PROTO: dict[int, KeyKind] = {int(value): kind for kind, value in _KINDS.items()}
 _ROLES_FROM_PROTO: dict[int, Role] = {int(value): role for role, value in _ROLES.items()}

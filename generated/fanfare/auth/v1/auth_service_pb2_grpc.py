@@ -175,7 +175,7 @@ class AuthServiceServicer:
     def GetJwks(self, request, context):
         """Returns the public keys (JWKS) that verify consumer access tokens and handoff tokens
         offline, including retired keys until every token they signed has expired.
-        Caller: pk or sk (any role).
+        Caller: pk or sk (any role, CHECKOUT included).
         Errors: UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -97,7 +97,7 @@ class AuthServiceStub:
     GetJwks: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetJwksRequest, _auth_service_pb2.GetJwksResponse]
     """Returns the public keys (JWKS) that verify consumer access tokens and handoff tokens
     offline, including retired keys until every token they signed has expired.
-    Caller: pk or sk (any role).
+    Caller: pk or sk (any role, CHECKOUT included).
     Errors: UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
 
@@ -170,7 +170,7 @@ class AuthServiceAsyncStub(AuthServiceStub):
     GetJwks: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetJwksRequest, _auth_service_pb2.GetJwksResponse]  # type: ignore[assignment]
     """Returns the public keys (JWKS) that verify consumer access tokens and handoff tokens
     offline, including retired keys until every token they signed has expired.
-    Caller: pk or sk (any role).
+    Caller: pk or sk (any role, CHECKOUT included).
     Errors: UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
 
@@ -288,7 +288,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_auth_service_pb2.GetJwksResponse, _abc.Awaitable[_auth_service_pb2.GetJwksResponse]]:
         """Returns the public keys (JWKS) that verify consumer access tokens and handoff tokens
         offline, including retired keys until every token they signed has expired.
-        Caller: pk or sk (any role).
+        Caller: pk or sk (any role, CHECKOUT included).
         Errors: UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x61nfare/common/v1/common.proto\x12\x11\x66\x61nfare.common.v1*a\n\nApiKeyKind\x12\x1c\n\x18\x41PI_KEY_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41PI_KEY_KIND_PUBLISHABLE\x10\x01\x12\x17\n\x13\x41PI_KEY_KIND_SECRET\x10\x02*:\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\r\n\tMODE_TEST\x10\x01\x12\r\n\tMODE_LIVE\x10\x02*d\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x11\n\rROLE_OPERATOR\x10\x02\x12\x10\n\x0cROLE_AUDITOR\x10\x03\x12\x11\n\rROLE_READONLY\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x61nfare/common/v1/common.proto\x12\x11\x66\x61nfare.common.v1*a\n\nApiKeyKind\x12\x1c\n\x18\x41PI_KEY_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41PI_KEY_KIND_PUBLISHABLE\x10\x01\x12\x17\n\x13\x41PI_KEY_KIND_SECRET\x10\x02*:\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\r\n\tMODE_TEST\x10\x01\x12\r\n\tMODE_LIVE\x10\x02*w\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x11\n\rROLE_OPERATOR\x10\x02\x12\x10\n\x0cROLE_AUDITOR\x10\x03\x12\x11\n\rROLE_READONLY\x10\x04\x12\x11\n\rROLE_CHECKOUT\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,5 +36,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODE']._serialized_start=152
   _globals['_MODE']._serialized_end=210
   _globals['_ROLE']._serialized_start=212
-  _globals['_ROLE']._serialized_end=312
+  _globals['_ROLE']._serialized_end=331
 # @@protoc_insertion_point(module_scope)

@@ -80,6 +80,10 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     """The audit log plus read-only access to everything else except API keys."""
     ROLE_READONLY: _Role.ValueType  # 4
     """Read-only access to queues, sessions and webhooks; no audit log, no API keys."""
+    ROLE_CHECKOUT: _Role.ValueType  # 5
+    """A merchant's checkout backend (a restricted key): ValidateHandoffToken,
+    ValidateSession and GetJwks, nothing else.
+    """
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
     """Role of a secret key; publishable keys carry no role."""
@@ -94,4 +98,8 @@ ROLE_AUDITOR: Role.ValueType  # 3
 """The audit log plus read-only access to everything else except API keys."""
 ROLE_READONLY: Role.ValueType  # 4
 """Read-only access to queues, sessions and webhooks; no audit log, no API keys."""
+ROLE_CHECKOUT: Role.ValueType  # 5
+"""A merchant's checkout backend (a restricted key): ValidateHandoffToken,
+ValidateSession and GetJwks, nothing else.
+"""
 Global___Role: _TypeAlias = Role  # noqa: Y015

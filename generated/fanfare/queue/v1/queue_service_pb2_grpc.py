@@ -297,7 +297,8 @@ class QueueServiceServicer:
         """Redeems a handoff token atomically (exactly one concurrent call gets valid = true);
         answers with valid/reason instead of failing on a bad token. An idempotency-key is
         never replayed here: a repeat is executed again and answers ALREADY_USED.
-        Caller: sk with any role, same organization and mode as the token.
+        Caller: sk with role ADMIN, OPERATOR or CHECKOUT, same organization and mode as the
+        token (READONLY and AUDITOR keys get PERMISSION_DENIED: redeeming burns the grant).
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an sk), INVALID_ARGUMENT (empty or
         oversized token, malformed queue_id), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
@@ -307,7 +308,7 @@ class QueueServiceServicer:
 
     def GetQueueStats(self, request, context):
         """Returns live counters of one queue.
-        Caller: sk with any role.
+        Caller: sk with any role but CHECKOUT.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an sk), INVALID_ARGUMENT, NOT_FOUND,
         RESOURCE_EXHAUSTED, UNAVAILABLE.
         """

@@ -141,13 +141,14 @@ class QueueServiceStub:
     """Redeems a handoff token atomically (exactly one concurrent call gets valid = true);
     answers with valid/reason instead of failing on a bad token. An idempotency-key is
     never replayed here: a repeat is executed again and answers ALREADY_USED.
-    Caller: sk with any role, same organization and mode as the token.
+    Caller: sk with role ADMIN, OPERATOR or CHECKOUT, same organization and mode as the
+    token (READONLY and AUDITOR keys get PERMISSION_DENIED: redeeming burns the grant).
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an sk), INVALID_ARGUMENT (empty or
     oversized token, malformed queue_id), RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     GetQueueStats: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.GetQueueStatsRequest, _queue_service_pb2.GetQueueStatsResponse]
     """Returns live counters of one queue.
-    Caller: sk with any role.
+    Caller: sk with any role but CHECKOUT.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an sk), INVALID_ARGUMENT, NOT_FOUND,
     RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
@@ -265,13 +266,14 @@ class QueueServiceAsyncStub(QueueServiceStub):
     """Redeems a handoff token atomically (exactly one concurrent call gets valid = true);
     answers with valid/reason instead of failing on a bad token. An idempotency-key is
     never replayed here: a repeat is executed again and answers ALREADY_USED.
-    Caller: sk with any role, same organization and mode as the token.
+    Caller: sk with role ADMIN, OPERATOR or CHECKOUT, same organization and mode as the
+    token (READONLY and AUDITOR keys get PERMISSION_DENIED: redeeming burns the grant).
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an sk), INVALID_ARGUMENT (empty or
     oversized token, malformed queue_id), RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     GetQueueStats: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.GetQueueStatsRequest, _queue_service_pb2.GetQueueStatsResponse]  # type: ignore[assignment]
     """Returns live counters of one queue.
-    Caller: sk with any role.
+    Caller: sk with any role but CHECKOUT.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an sk), INVALID_ARGUMENT, NOT_FOUND,
     RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
@@ -482,7 +484,8 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         """Redeems a handoff token atomically (exactly one concurrent call gets valid = true);
         answers with valid/reason instead of failing on a bad token. An idempotency-key is
         never replayed here: a repeat is executed again and answers ALREADY_USED.
-        Caller: sk with any role, same organization and mode as the token.
+        Caller: sk with role ADMIN, OPERATOR or CHECKOUT, same organization and mode as the
+        token (READONLY and AUDITOR keys get PERMISSION_DENIED: redeeming burns the grant).
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an sk), INVALID_ARGUMENT (empty or
         oversized token, malformed queue_id), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
@@ -494,7 +497,7 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_queue_service_pb2.GetQueueStatsResponse, _abc.Awaitable[_queue_service_pb2.GetQueueStatsResponse]]:
         """Returns live counters of one queue.
-        Caller: sk with any role.
+        Caller: sk with any role but CHECKOUT.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an sk), INVALID_ARGUMENT, NOT_FOUND,
         RESOURCE_EXHAUSTED, UNAVAILABLE.
         """

@@ -133,7 +133,7 @@ class SessionServiceServicer:
     def ValidateSession(self, request, context):
         """Server-side check of a consumer access token for merchant backends; answers with
         valid/reason instead of failing on a bad token.
-        Caller: sk, any role.
+        Caller: sk, any role (CHECKOUT included).
         Errors: UNAUTHENTICATED (calling key), PERMISSION_DENIED (not an sk),
         INVALID_ARGUMENT (empty or oversized fields), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """

@@ -71,7 +71,7 @@ class SessionServiceStub:
     ValidateSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.ValidateSessionRequest, _session_service_pb2.ValidateSessionResponse]
     """Server-side check of a consumer access token for merchant backends; answers with
     valid/reason instead of failing on a bad token.
-    Caller: sk, any role.
+    Caller: sk, any role (CHECKOUT included).
     Errors: UNAUTHENTICATED (calling key), PERMISSION_DENIED (not an sk),
     INVALID_ARGUMENT (empty or oversized fields), RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
@@ -137,7 +137,7 @@ class SessionServiceAsyncStub(SessionServiceStub):
     ValidateSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.ValidateSessionRequest, _session_service_pb2.ValidateSessionResponse]  # type: ignore[assignment]
     """Server-side check of a consumer access token for merchant backends; answers with
     valid/reason instead of failing on a bad token.
-    Caller: sk, any role.
+    Caller: sk, any role (CHECKOUT included).
     Errors: UNAUTHENTICATED (calling key), PERMISSION_DENIED (not an sk),
     INVALID_ARGUMENT (empty or oversized fields), RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
@@ -230,7 +230,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_session_service_pb2.ValidateSessionResponse, _abc.Awaitable[_session_service_pb2.ValidateSessionResponse]]:
         """Server-side check of a consumer access token for merchant backends; answers with
         valid/reason instead of failing on a bad token.
-        Caller: sk, any role.
+        Caller: sk, any role (CHECKOUT included).
         Errors: UNAUTHENTICATED (calling key), PERMISSION_DENIED (not an sk),
         INVALID_ARGUMENT (empty or oversized fields), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
