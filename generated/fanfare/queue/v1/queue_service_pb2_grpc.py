@@ -221,9 +221,10 @@ class QueueServiceServicer:
         again returns the existing entry.
         Caller: pk + consumer token (`x-fanfare-session`, `x-fanfare-device`).
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND,
-        FAILED_PRECONDITION (DRAFT or CLOSED), ALREADY_EXISTS (this device already holds an
-        entry for another consumer), RESOURCE_EXHAUSTED (queue full, with `retry-after`; or
-        rate limit), UNAVAILABLE.
+        FAILED_PRECONDITION (DRAFT or CLOSED; this device already holds an entry for another
+        consumer; or this consumer's admission was already used: handoff token redeemed or
+        entry COMPLETED), RESOURCE_EXHAUSTED (queue full, with `retry-after`; or rate limit),
+        UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -252,12 +253,13 @@ class QueueServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LeaveQueue(self, request, context):
-        """Leaves the queue: the position is freed and any handoff token voided. Leaving again
-        returns the LEFT entry unchanged.
+        """Leaves the queue from QUEUED, or from ADMITTED before the handoff token is redeemed:
+        the position is freed and any handoff token voided. Leaving again returns the LEFT
+        entry unchanged.
         Caller: pk + consumer token.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND,
-        FAILED_PRECONDITION (entry already COMPLETED, DENIED or EXPIRED), RESOURCE_EXHAUSTED,
-        UNAVAILABLE.
+        FAILED_PRECONDITION (entry already COMPLETED, DENIED or EXPIRED, or its handoff token
+        was redeemed), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

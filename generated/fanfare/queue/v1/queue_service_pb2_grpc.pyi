@@ -93,9 +93,10 @@ class QueueServiceStub:
     again returns the existing entry.
     Caller: pk + consumer token (`x-fanfare-session`, `x-fanfare-device`).
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND,
-    FAILED_PRECONDITION (DRAFT or CLOSED), ALREADY_EXISTS (this device already holds an
-    entry for another consumer), RESOURCE_EXHAUSTED (queue full, with `retry-after`; or
-    rate limit), UNAVAILABLE.
+    FAILED_PRECONDITION (DRAFT or CLOSED; this device already holds an entry for another
+    consumer; or this consumer's admission was already used: handoff token redeemed or
+    entry COMPLETED), RESOURCE_EXHAUSTED (queue full, with `retry-after`; or rate limit),
+    UNAVAILABLE.
     """
     GetPosition: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.GetPositionRequest, _queue_service_pb2.GetPositionResponse]
     """Returns the caller's entry; once ADMITTED it carries the handoff token.
@@ -112,12 +113,13 @@ class QueueServiceStub:
     RESOURCE_EXHAUSTED, UNAVAILABLE (server draining: reconnect).
     """
     LeaveQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.LeaveQueueRequest, _queue_service_pb2.LeaveQueueResponse]
-    """Leaves the queue: the position is freed and any handoff token voided. Leaving again
-    returns the LEFT entry unchanged.
+    """Leaves the queue from QUEUED, or from ADMITTED before the handoff token is redeemed:
+    the position is freed and any handoff token voided. Leaving again returns the LEFT
+    entry unchanged.
     Caller: pk + consumer token.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND,
-    FAILED_PRECONDITION (entry already COMPLETED, DENIED or EXPIRED), RESOURCE_EXHAUSTED,
-    UNAVAILABLE.
+    FAILED_PRECONDITION (entry already COMPLETED, DENIED or EXPIRED, or its handoff token
+    was redeemed), RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     AdmitConsumers: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.AdmitConsumersRequest, _queue_service_pb2.AdmitConsumersResponse]
     """Admits the next count waiting consumers now, on top of the automatic rate.
@@ -218,9 +220,10 @@ class QueueServiceAsyncStub(QueueServiceStub):
     again returns the existing entry.
     Caller: pk + consumer token (`x-fanfare-session`, `x-fanfare-device`).
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND,
-    FAILED_PRECONDITION (DRAFT or CLOSED), ALREADY_EXISTS (this device already holds an
-    entry for another consumer), RESOURCE_EXHAUSTED (queue full, with `retry-after`; or
-    rate limit), UNAVAILABLE.
+    FAILED_PRECONDITION (DRAFT or CLOSED; this device already holds an entry for another
+    consumer; or this consumer's admission was already used: handoff token redeemed or
+    entry COMPLETED), RESOURCE_EXHAUSTED (queue full, with `retry-after`; or rate limit),
+    UNAVAILABLE.
     """
     GetPosition: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.GetPositionRequest, _queue_service_pb2.GetPositionResponse]  # type: ignore[assignment]
     """Returns the caller's entry; once ADMITTED it carries the handoff token.
@@ -237,12 +240,13 @@ class QueueServiceAsyncStub(QueueServiceStub):
     RESOURCE_EXHAUSTED, UNAVAILABLE (server draining: reconnect).
     """
     LeaveQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.LeaveQueueRequest, _queue_service_pb2.LeaveQueueResponse]  # type: ignore[assignment]
-    """Leaves the queue: the position is freed and any handoff token voided. Leaving again
-    returns the LEFT entry unchanged.
+    """Leaves the queue from QUEUED, or from ADMITTED before the handoff token is redeemed:
+    the position is freed and any handoff token voided. Leaving again returns the LEFT
+    entry unchanged.
     Caller: pk + consumer token.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND,
-    FAILED_PRECONDITION (entry already COMPLETED, DENIED or EXPIRED), RESOURCE_EXHAUSTED,
-    UNAVAILABLE.
+    FAILED_PRECONDITION (entry already COMPLETED, DENIED or EXPIRED, or its handoff token
+    was redeemed), RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     AdmitConsumers: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.AdmitConsumersRequest, _queue_service_pb2.AdmitConsumersResponse]  # type: ignore[assignment]
     """Admits the next count waiting consumers now, on top of the automatic rate.
@@ -394,9 +398,10 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         again returns the existing entry.
         Caller: pk + consumer token (`x-fanfare-session`, `x-fanfare-device`).
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND,
-        FAILED_PRECONDITION (DRAFT or CLOSED), ALREADY_EXISTS (this device already holds an
-        entry for another consumer), RESOURCE_EXHAUSTED (queue full, with `retry-after`; or
-        rate limit), UNAVAILABLE.
+        FAILED_PRECONDITION (DRAFT or CLOSED; this device already holds an entry for another
+        consumer; or this consumer's admission was already used: handoff token redeemed or
+        entry COMPLETED), RESOURCE_EXHAUSTED (queue full, with `retry-after`; or rate limit),
+        UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -431,12 +436,13 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _queue_service_pb2.LeaveQueueRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_queue_service_pb2.LeaveQueueResponse, _abc.Awaitable[_queue_service_pb2.LeaveQueueResponse]]:
-        """Leaves the queue: the position is freed and any handoff token voided. Leaving again
-        returns the LEFT entry unchanged.
+        """Leaves the queue from QUEUED, or from ADMITTED before the handoff token is redeemed:
+        the position is freed and any handoff token voided. Leaving again returns the LEFT
+        entry unchanged.
         Caller: pk + consumer token.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND,
-        FAILED_PRECONDITION (entry already COMPLETED, DENIED or EXPIRED), RESOURCE_EXHAUSTED,
-        UNAVAILABLE.
+        FAILED_PRECONDITION (entry already COMPLETED, DENIED or EXPIRED, or its handoff token
+        was redeemed), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
