@@ -20,7 +20,9 @@ from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_status import rpc_status
 
-from fanfare_grpc.authentication.key_verifier import INVALID_CREDENTIALS
+from fanfare_grpc.authentication.invalidation import CHANNEL
+from fanfare_grpc.authentication.key_verifier import INVALID_CREDENTIALS, attempts_key
+from fanfare_grpc.domain.access import Mode
 from fanfare_grpc.domain.organizations import NewOrganization
 from fanfare_grpc.interceptors.authentication import BEARER_FORMAT
 from fanfare_grpc.logs import JsonFormatter
@@ -301,6 +303,35 @@ async def test_revocation_is_immediate_and_idempotent(world: World) -> None:
     assert key.api_key.key_id not in {item.key_id for item in listed.api_keys}
     with_revoked = await world.list_keys(world.admin, include_revoked=True)
     assert key.api_key.key_id in {item.key_id for item in with_revoked.api_keys}
+
+
+async def test_key_changes_and_attempt_counters_name_the_organization_and_mode(
+    world: World,
+) -> None:
+    application = world.server.application
+    organization_id = world.acme.organization.organization_id
+    created = await world.create_key(world.admin, role="admin")
+    key_id = created.api_key.key_id
+    stored = await application.api_keys.get(organization_id, Mode.TEST, key_id)
+    assert stored is not None
+
+    # A wrong secret for a real key counts an attempt under the key's organization and mode.
+    wrong = created.secret[:-6] + ("AAAAAA" if not created.secret.endswith("AAAAAA") else "BBBBBB")
+    assert not await _authenticated(world, wrong)
+    client = application.envelope.deployment_ip_digester().digest("127.0.0.1")
+    counted = attempts_key(stored, client)
+    assert counted.startswith(f"auth-attempts:{organization_id}:test:")
+    assert await application.cache.counters.get(counted) == 1
+    assert await application.cache.counters.get(f"auth-attempts:{stored.lookup_id}:{client}") == 0
+
+    # The broadcast key change names them too (one channel for every organization).
+    async with application.cache.pubsub.subscribe(CHANNEL) as subscription:
+        await world.auth.RevokeApiKey(
+            auth.RevokeApiKeyRequest(key_id=key_id), metadata=bearer(world.admin)
+        )
+        message = await asyncio.wait_for(anext(aiter(subscription)), 10)
+    assert message == f"{organization_id}:test:{key_id}"
+    assert not await _authenticated(world, created.secret)
 
 
 async def test_expired_keys_stop_working(world: World) -> None:

@@ -372,6 +372,72 @@ async def test_deny_complete_leave(qw: QueueWorld) -> None:
     assert len(recorded.of_type(events.QUEUE_CONSUMER_ADMITTED)) == 2
 
 
+class HeldTransitions:
+    """Wraps the live state store: calls of ``method`` wait until ``parties`` of them
+    have arrived, so concurrent RPCs all reach the store before any changes the entry
+    (the race made deterministic)."""
+
+    def __init__(self, inner: object, method: str, parties: int) -> None:
+        self._inner = inner
+        self._method = method
+        self._barrier = asyncio.Barrier(parties)
+
+    def __getattr__(self, name: str) -> object:
+        attribute = getattr(self._inner, name)
+        if name != self._method:
+            return attribute
+
+        async def held(*args: object, **kwargs: object) -> object:
+            # Bounded only so that a broken test fails instead of hanging.
+            await asyncio.wait_for(self._barrier.wait(), 30)
+            return await attribute(*args, **kwargs)
+
+        return held
+
+
+@pytest.mark.parametrize(
+    ("method", "event_type", "status"),
+    [
+        ("deny", events.QUEUE_CONSUMER_DENIED, queue_pb2.ENTRY_STATUS_DENIED),
+        ("complete", events.QUEUE_CONSUMER_COMPLETED, queue_pb2.ENTRY_STATUS_COMPLETED),
+        ("leave", events.QUEUE_CONSUMER_LEFT, queue_pb2.ENTRY_STATUS_LEFT),
+    ],
+    ids=["deny", "complete", "leave"],
+)
+async def test_concurrent_transitions_publish_one_event(
+    qw: QueueWorld, monkeypatch: pytest.MonkeyPatch, method: str, event_type: str, status: int
+) -> None:
+    # Two DenyConsumer (CompleteConsumer, LeaveQueue) for one consumer at once: both
+    # answer OK, only the call whose store step made the change publishes (a webhook
+    # must not fire twice).
+    queue_id = await qw.open_queue()
+    shopper = await qw.shopper("device")
+    await qw.enter(queue_id, shopper)
+    await qw.admit(queue_id, 1)
+    entries = qw.world.server.application.queue_entries
+    monkeypatch.setattr(entries, "_state", HeldTransitions(entries.state, method, parties=2))
+    operator = qw.operator()
+
+    async def call() -> queue_pb2.Entry:
+        if method == "deny":
+            request = queues.DenyConsumerRequest(
+                queue_id=queue_id, consumer_id=shopper.consumer_id, reason="bot"
+            )
+            return (await qw.stub.DenyConsumer(request, metadata=operator)).entry
+        if method == "complete":
+            done = queues.CompleteConsumerRequest(
+                queue_id=queue_id, consumer_id=shopper.consumer_id
+            )
+            return (await qw.stub.CompleteConsumer(done, metadata=operator)).entry
+        leave = queues.LeaveQueueRequest(queue_id=queue_id)
+        return (await qw.stub.LeaveQueue(leave, metadata=shopper.metadata)).entry
+
+    answers = await asyncio.gather(call(), call())
+    assert [answer.status for answer in answers] == [status, status]
+    published = qw.world.server.application.events.of_type(event_type)
+    assert [event.data["consumer_id"] for event in published] == [shopper.consumer_id]
+
+
 async def test_admit_consumers_needs_an_open_or_paused_queue(qw: QueueWorld) -> None:
     draft = (await qw.create()).queue.queue_id
     await expect_status(qw.admit(draft, 1), FAILED_PRECONDITION)

@@ -26,6 +26,7 @@ from fanfare_grpc.domain.queue_state import (
     QueueRef,
     QueueStateStore,
     RedeemOutcome,
+    Transition,
 )
 from tests.backends import REDIS_URL, throwaway_redis_prefix
 
@@ -184,7 +185,7 @@ async def test_a_consumer_who_left_enters_again_at_the_back(store: QueueStateSto
     await enter(store, "carol", score=0.3)
     left = await store.leave(QUEUE, "alice", T0 + 1)
     assert left is not None
-    assert left.status is EntryStatus.LEFT
+    assert left.entry.status is EntryStatus.LEFT
 
     # Even with a pre-queue score: leaving must not be a way to redraw one's position.
     again = await store.enter(
@@ -575,8 +576,9 @@ async def test_leave_and_deny_end_queued_and_admitted_entries(
         (entry,) = await store.admit(QUEUE, token_ids(1), T0, TTL)
         token = entry.handoff_token_id
     end = store.leave if status is EntryStatus.LEFT else store.deny
-    ended = await end(QUEUE, "alice", T0 + 7)
-    assert ended is not None
+    moved = await end(QUEUE, "alice", T0 + 7)
+    assert moved is not None and moved.changed
+    ended = moved.entry
     assert ended.status is status
     assert ended.ended_at == T0 + 7
     assert ended.handoff_token_id == token
@@ -600,27 +602,28 @@ async def test_a_redeemed_admission_cannot_leave(store: QueueStateStore) -> None
     redeemed = await store.redeem(QUEUE, "alice", entry.handoff_token_id, T0 + 1)
     assert redeemed.outcome is RedeemOutcome.OK
     unchanged = await store.leave(QUEUE, "alice", T0 + 2)
-    assert unchanged is not None
-    assert (unchanged.status, unchanged.redeemed_at) == (EntryStatus.ADMITTED, T0 + 1)
+    assert unchanged is not None and not unchanged.changed
+    assert (unchanged.entry.status, unchanged.entry.redeemed_at) == (EntryStatus.ADMITTED, T0 + 1)
     assert (await enter(store, "alice")).outcome is EnterOutcome.ALREADY_ENTERED
     # Denial still ends it (an operator's decision).
     denied = await store.deny(QUEUE, "alice", T0 + 3)
-    assert denied is not None and denied.status is EntryStatus.DENIED
+    assert denied is not None and denied.changed
+    assert denied.entry.status is EntryStatus.DENIED
 
 
 async def test_complete_ends_admitted_entries_only(store: QueueStateStore) -> None:
     await enter_all(store, "alice", "bob")
     await store.admit(QUEUE, token_ids(1), T0, TTL)
     queued = await store.complete(QUEUE, "bob", T0 + 1)
-    assert queued is not None
-    assert queued.status is EntryStatus.QUEUED
+    assert queued is not None and not queued.changed
+    assert queued.entry.status is EntryStatus.QUEUED
     assert await ranks(store, "bob") == [0]
 
     done = await store.complete(QUEUE, "alice", T0 + 2)
-    assert done is not None
-    assert done.status is EntryStatus.COMPLETED
-    assert done.ended_at == T0 + 2
-    assert done.admitted_at == T0
+    assert done is not None and done.changed
+    assert done.entry.status is EntryStatus.COMPLETED
+    assert done.entry.ended_at == T0 + 2
+    assert done.entry.admitted_at == T0
     counters = await store.counters(QUEUE, T0 + 2, 60)
     assert (counters.waiting, counters.admitted, counters.completed) == (1, 0, 1)
     assert await store.expire_admissions(QUEUE, T0 + 10 * TTL, 10) == []
@@ -648,9 +651,10 @@ async def test_ended_entries_are_returned_unchanged(
     assert ended.status is status
     before = await store.counters(QUEUE, T0 + 50, 60)
 
-    assert await store.leave(QUEUE, "alice", T0 + 50) == ended
-    assert await store.deny(QUEUE, "alice", T0 + 50) == ended
-    assert await store.complete(QUEUE, "alice", T0 + 50) == ended
+    unchanged = Transition(ended, changed=False)
+    assert await store.leave(QUEUE, "alice", T0 + 50) == unchanged
+    assert await store.deny(QUEUE, "alice", T0 + 50) == unchanged
+    assert await store.complete(QUEUE, "alice", T0 + 50) == unchanged
     assert await store.expire_admissions(QUEUE, T0 + 50, 10) == []
     assert await store.view(QUEUE, "alice") == view
     assert await store.counters(QUEUE, T0 + 50, 60) == before
@@ -788,6 +792,23 @@ async def test_concurrent_admissions_never_admit_a_consumer_twice(
     assert len({entry.handoff_token_id for entry in admitted}) == 50
     counters = await store.counters(QUEUE, T0, 60)
     assert (counters.waiting, counters.admitted) == (0, 50)
+
+
+@pytest.mark.parametrize("status", [EntryStatus.LEFT, EntryStatus.DENIED, EntryStatus.COMPLETED])
+async def test_concurrent_transitions_change_an_entry_once(
+    store: QueueStateStore, status: EntryStatus
+) -> None:
+    # Exactly one caller learns it made the change: the one that publishes the event.
+    await admit_one(store, "alice")
+    move = {
+        EntryStatus.LEFT: store.leave,
+        EntryStatus.DENIED: store.deny,
+        EntryStatus.COMPLETED: store.complete,
+    }[status]
+    results = await asyncio.gather(*(move(QUEUE, "alice", T0 + 1) for _ in range(20)))
+    assert all(result is not None and result.entry.status is status for result in results)
+    assert [result.changed for result in results if result is not None].count(True) == 1
+    assert len({result.entry for result in results if result is not None}) == 1
 
 
 async def test_concurrent_entries_on_one_device_enter_once(store: QueueStateStore) -> None:

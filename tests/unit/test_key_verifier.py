@@ -9,8 +9,13 @@ import datetime as dt
 import pytest
 
 from fanfare_grpc import errors
-from fanfare_grpc.authentication.key_verifier import FAILURES_PER_WINDOW, KeyVerifier
+from fanfare_grpc.authentication.key_verifier import (
+    FAILURES_PER_WINDOW,
+    KeyVerifier,
+    attempts_key,
+)
 from fanfare_grpc.cache.memory import MemoryCache
+from fanfare_grpc.cache.protocols import CounterValue
 from fanfare_grpc.domain.access import KeyKind, Mode, Role
 from fanfare_grpc.domain.api_keys import ApiKey, generate_api_key, hash_api_key
 
@@ -65,7 +70,7 @@ async def test_a_revocation_during_verification_is_not_lost() -> None:
 
     def revoke() -> None:
         records.key = dataclasses.replace(key, revoked_at=NOW)
-        verifier.key_changed(key.key_id)
+        verifier.key_changed(key.organization_id, key.mode, key.key_id)
 
     records.on_lookup.append(revoke)
     with pytest.raises(errors.Unauthenticated):
@@ -112,3 +117,63 @@ async def test_a_cancelled_caller_does_not_fail_the_others() -> None:
     first.cancel()
     assert (await asyncio.wait_for(second, timeout=5)).key_id == key.key_id
     assert verifier.bcrypt_checks == 1
+
+
+class RecordingCounters:
+    """Counters that remember which names were incremented."""
+
+    def __init__(self) -> None:
+        self._inner = MemoryCache().counters
+        self.names: list[str] = []
+
+    async def increment(self, key: str, amount: int, ttl_seconds: float) -> CounterValue:
+        self.names.append(key)
+        return await self._inner.increment(key, amount, ttl_seconds)
+
+    async def get(self, key: str) -> int:
+        return await self._inner.get(key)
+
+
+@pytest.mark.parametrize("mode", [Mode.TEST, Mode.LIVE])
+async def test_attempt_counters_are_namespaced_by_organization_and_mode(mode: Mode) -> None:
+    generated = generate_api_key(KeyKind.SECRET, mode)
+    key, _ = _key()
+    key = dataclasses.replace(
+        key,
+        mode=mode,
+        lookup_id=generated.lookup_id,
+        secret_hash=hash_api_key(generated.plaintext),
+    )
+    counters = RecordingCounters()
+    verifier = KeyVerifier(Records(key), counters, wall_clock=lambda: NOW)
+    with pytest.raises(errors.Unauthenticated):
+        await verifier.verify(_wrong(generated.plaintext, 1), "attacker")
+    assert counters.names == [f"auth-attempts:org_a:{mode.value}:{key.lookup_id}:attacker"]
+    assert counters.names == [attempts_key(key, "attacker")]
+
+
+async def test_unknown_lookup_ids_count_no_attempts() -> None:
+    # Nothing to namespace them by, and nothing to protect: refused before any bcrypt.
+    key, _ = _key()
+    counters = RecordingCounters()
+    verifier = KeyVerifier(Records(key), counters, wall_clock=lambda: NOW)
+    unknown = generate_api_key(KeyKind.SECRET, Mode.TEST).plaintext
+    with pytest.raises(errors.Unauthenticated):
+        await verifier.verify(unknown, "attacker")
+    assert counters.names == []
+    assert verifier.bcrypt_checks == 0
+
+
+async def test_a_key_change_reaches_only_that_organization_and_modes_key() -> None:
+    key, plaintext = _key()
+    records = Records(key)
+    verifier = _verifier(records)
+    await verifier.verify(plaintext, "client")
+    records.key = dataclasses.replace(key, revoked_at=NOW)
+    # Same key id, another organization or mode: not this key, its cached state stands.
+    verifier.key_changed("org_b", Mode.TEST, key.key_id)
+    verifier.key_changed(key.organization_id, Mode.LIVE, key.key_id)
+    assert (await verifier.verify(plaintext, "client")).key_id == key.key_id
+    verifier.key_changed(key.organization_id, Mode.TEST, key.key_id)
+    with pytest.raises(errors.Unauthenticated):
+        await verifier.verify(plaintext, "client")

@@ -1,4 +1,11 @@
-"""Key invalidations between replicas, over the cache backend's pub/sub."""
+"""Key invalidations between replicas, over the cache backend's pub/sub.
+
+One channel per deployment (the Redis backend prefixes it), and each message names
+the key's organization and mode: ``{organization id}:{mode}:{key id}``. Namespacing
+the message rather than the channel keeps one subscription per replica however many
+organizations there are (no pattern subscriptions, one outage to watch), while a
+change only ever touches the cached key of that organization and mode.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +15,40 @@ import logging
 from fanfare_grpc.authentication.key_verifier import KeyVerifier
 from fanfare_grpc.backends import is_backend_unavailable
 from fanfare_grpc.cache.protocols import PubSub
+from fanfare_grpc.domain.access import Mode
 from fanfare_grpc.outages import OutageLog
 
 CHANNEL = "api-keys:changed"
 RECONNECT_DELAY_SECONDS = 0.5
 
 
+def key_change_message(organization_id: str, mode: Mode, key_id: str) -> str:
+    """What is broadcast on ``CHANNEL`` when a key changes."""
+    return f"{organization_id}:{mode.value}:{key_id}"
+
+
+def parse_key_change(message: str) -> tuple[str, Mode, str] | None:
+    """(organization id, mode, key id), or None if ``message`` is not in that form."""
+    parts = message.split(":")
+    modes = {mode.value: mode for mode in Mode}
+    if len(parts) != 3 or not all(parts) or parts[1] not in modes:
+        return None
+    return parts[0], modes[parts[1]], parts[2]
+
+
 class PubSubKeyInvalidations:
-    """``KeyInvalidationPublisher`` that broadcasts key ids on ``CHANNEL``."""
+    """``KeyInvalidationPublisher`` that broadcasts key changes on ``CHANNEL``."""
 
     def __init__(self, pubsub: PubSub, logger: logging.Logger) -> None:
         self._pubsub = pubsub
         self._logger = logger
 
-    async def key_changed(self, key_id: str) -> None:
+    async def key_changed(self, organization_id: str, mode: Mode, key_id: str) -> None:
         # The change is committed already: failing the call now would hide its result
         # (a rotated key's new secret). If Redis cannot take the message, the
         # replicas' subscriptions are down too, and they re-check keys every second.
         try:
-            await self._pubsub.publish(CHANNEL, key_id)
+            await self._pubsub.publish(CHANNEL, key_change_message(organization_id, mode, key_id))
         except Exception:
             self._logger.warning(
                 "could not broadcast a key change", extra={"key_id": key_id}, exc_info=True
@@ -55,8 +77,8 @@ class KeyInvalidationListener:
                     self._verifier.invalidations_connected = True
                     self.subscribed.set()
                     self._outage.succeeded()
-                    async for key_id in subscription:
-                        self._verifier.key_changed(key_id)
+                    async for message in subscription:
+                        self._deliver(message)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -76,3 +98,12 @@ class KeyInvalidationListener:
                 self._verifier.invalidations_connected = False
                 self.subscribed.clear()
             await asyncio.sleep(RECONNECT_DELAY_SECONDS)
+
+    def _deliver(self, message: str) -> None:
+        change = parse_key_change(message)
+        if change is None:
+            # Not ours to decode (a bare key id from a replica of an older version,
+            # during a rolling upgrade): never drop a possible revocation, re-check all.
+            self._verifier.everything_changed()
+        else:
+            self._verifier.key_changed(*change)

@@ -7,7 +7,8 @@
   bcrypt for a short while, so floods of garbage keys cannot pin the CPU.
 - A counter per lookup id *and client* (shared through the cache backend) caps the
   bcrypt checks one client can cause against one key; other clients, and the key's
-  legitimate holder, are never locked out by it.
+  legitimate holder, are never locked out by it. Its name carries the key's
+  organization and mode, like every other cache key (``attempts_key``).
 - bcrypt runs in worker threads behind a semaphore, never on the event loop, and
   concurrent misses for the same key share one verification, which runs in its own
   task so that one caller going away does not fail the others.
@@ -61,6 +62,18 @@ class KeyRecords(Protocol):
 class _Verified:
     key: ApiKey
     state_checked_at: float
+
+
+def attempts_key(key: ApiKey, client: str) -> str:
+    """The attempt counter of one client against one key.
+
+    Namespaced by the key's organization and mode like the rest of the cache: attempts
+    are counted only once the lookup id found a stored key (an unknown one is refused
+    before any bcrypt, and counts nothing), so both are always known here, taken from
+    the stored record (the presented ``sk_test_``/``sk_live_`` prefix agrees with its
+    mode, or the lookup would have found nothing).
+    """
+    return f"auth-attempts:{key.organization_id}:{key.mode.value}:{key.lookup_id}:{client}"
 
 
 def _refuse() -> errors.Unauthenticated:
@@ -130,12 +143,17 @@ class KeyVerifier:
             # Retrieved here so that a check nobody awaits any more logs no warning.
             verification.exception()
 
-    def key_changed(self, key_id: str) -> None:
-        """A key was revoked or rotated: re-check its state before the next use."""
+    def key_changed(self, organization_id: str, mode: Mode, key_id: str) -> None:
+        """A key of this organization and mode was revoked or rotated: re-check its
+        state before the next use."""
         self._generation += 1
         for digest in self._digests_by_key.get(key_id, ()):
             entry = self._verified.get(digest)
-            if entry is not None:
+            if (
+                entry is not None
+                and entry.key.organization_id == organization_id
+                and entry.key.mode is mode
+            ):
                 entry.state_checked_at = float("-inf")
 
     def everything_changed(self) -> None:
@@ -172,7 +190,7 @@ class KeyVerifier:
             raise _refuse()
         # Attempts are counted before bcrypt, so concurrent guesses cannot overshoot.
         attempts = await self._failures.increment(
-            f"auth-attempts:{lookup_id}:{client}", 1, FAILURE_WINDOW_SECONDS
+            attempts_key(key, client), 1, FAILURE_WINDOW_SECONDS
         )
         if attempts.value > FAILURES_PER_WINDOW:
             raise _refuse()

@@ -30,6 +30,7 @@ from fanfare_grpc.domain.queue_state import (
     QueueRef,
     RedeemOutcome,
     RedeemResult,
+    Transition,
 )
 
 # Admission times are kept this long (the Redis backend trims its history likewise),
@@ -200,15 +201,15 @@ class MemoryQueueStateStore:
             views.append(None if entry is None else state.view(entry))
         return views
 
-    async def leave(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+    async def leave(self, queue: QueueRef, consumer_id: str, now: float) -> Transition | None:
         return self._transition(
             queue, consumer_id, EntryStatus.LEFT, (_QUEUED, _ADMITTED), now, unredeemed_only=True
         )
 
-    async def deny(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+    async def deny(self, queue: QueueRef, consumer_id: str, now: float) -> Transition | None:
         return self._transition(queue, consumer_id, EntryStatus.DENIED, (_QUEUED, _ADMITTED), now)
 
-    async def complete(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+    async def complete(self, queue: QueueRef, consumer_id: str, now: float) -> Transition | None:
         return self._transition(queue, consumer_id, EntryStatus.COMPLETED, (_ADMITTED,), now)
 
     def _transition(
@@ -220,16 +221,17 @@ class MemoryQueueStateStore:
         now: float,
         *,
         unredeemed_only: bool = False,
-    ) -> EntryRecord | None:
+    ) -> Transition | None:
         state = self._queues.get(queue)
         entry = None if state is None else state.entries.get(consumer_id)
         if state is None or entry is None:
             return None
         if unredeemed_only and entry.redeemed_at is not None:
-            return entry.record()
-        if entry.status in allowed_from:
-            state.finish(entry, status, float(now))
-        return entry.record()
+            return Transition(entry.record(), changed=False)
+        if entry.status not in allowed_from:
+            return Transition(entry.record(), changed=False)
+        state.finish(entry, status, float(now))
+        return Transition(entry.record(), changed=True)
 
     async def admit(
         self,

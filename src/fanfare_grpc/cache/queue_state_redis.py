@@ -42,6 +42,7 @@ from fanfare_grpc.domain.queue_state import (
     QueueRef,
     RedeemOutcome,
     RedeemResult,
+    Transition,
 )
 
 # Same history as the in-process store: ``counters`` windows of at most an hour.
@@ -120,7 +121,7 @@ return out
 """
 
 # ARGV: consumer, new status, now, '1' if a redeemed entry may not move, statuses it
-# may come from... -> entry JSON or nil
+# may come from... -> nil, or {1 if this call changed it else 0, entry JSON}
 _TRANSITION = """
 local consumer, target, now, unredeemed_only = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local raw = redis.call('HGET', entries_key, consumer)
@@ -129,14 +130,14 @@ if not raw then
 end
 local entry = cjson.decode(raw)
 if unredeemed_only == '1' and entry.redeemed_at then
-  return raw
+  return {0, raw}
 end
 for i = 5, #ARGV do
   if entry.status == ARGV[i] then
-    return finish(consumer, entry, target, now)
+    return {1, finish(consumer, entry, target, now)}
   end
 end
-return raw
+return {0, raw}
 """
 
 # ARGV: now, handoff_expires_at, history start, token ids (one per admission, at
@@ -343,15 +344,15 @@ class RedisQueueStateStore:
                 views.append(EntryView(record, None if rank is None else int(rank)))
         return views
 
-    async def leave(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+    async def leave(self, queue: QueueRef, consumer_id: str, now: float) -> Transition | None:
         return await self._move(
             queue, consumer_id, EntryStatus.LEFT, now, _ACTIVE, unredeemed_only=True
         )
 
-    async def deny(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+    async def deny(self, queue: QueueRef, consumer_id: str, now: float) -> Transition | None:
         return await self._move(queue, consumer_id, EntryStatus.DENIED, now, _ACTIVE)
 
-    async def complete(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+    async def complete(self, queue: QueueRef, consumer_id: str, now: float) -> Transition | None:
         return await self._move(
             queue, consumer_id, EntryStatus.COMPLETED, now, (EntryStatus.ADMITTED,)
         )
@@ -365,8 +366,8 @@ class RedisQueueStateStore:
         allowed_from: tuple[EntryStatus, ...],
         *,
         unredeemed_only: bool = False,
-    ) -> EntryRecord | None:
-        raw = await self._transition(
+    ) -> Transition | None:
+        reply = await self._transition(
             keys=self.keys(queue),
             args=[
                 consumer_id,
@@ -376,7 +377,10 @@ class RedisQueueStateStore:
                 *(s.value for s in allowed_from),
             ],
         )
-        return None if raw is None else _decode(consumer_id, raw)
+        if reply is None:
+            return None
+        changed, raw = reply
+        return Transition(_decode(consumer_id, raw), changed=int(changed) == 1)
 
     async def admit(
         self,

@@ -83,8 +83,9 @@ class ApiKeyStore(Protocol):
 class KeyInvalidationPublisher(Protocol):
     """Tells every replica to forget what it cached about a key."""
 
-    async def key_changed(self, key_id: str) -> None:
-        """Broadcast that ``key_id`` was revoked, rotated or otherwise changed."""
+    async def key_changed(self, organization_id: str, mode: Mode, key_id: str) -> None:
+        """Broadcast that the organization's key ``key_id`` (of ``mode``) was revoked,
+        rotated or otherwise changed."""
         ...
 
 
@@ -225,7 +226,7 @@ class ApiKeyService:
         if retired is None:
             # Revoked, or rotated already (possibly concurrently, in its grace period).
             raise errors.FailedPrecondition("api key is revoked, expired or already rotated")
-        await self._invalidations.key_changed(key_id)
+        await self._invalidations.key_changed(organization_id, mode, key_id)
         return issued, retired
 
     async def revoke(self, organization_id: str, mode: Mode, key_id: str) -> ApiKey:
@@ -237,5 +238,5 @@ class ApiKeyService:
         revoked = await self._store.revoke(organization_id, mode, key_id, self._clock())
         if revoked is None:
             raise errors.NotFound(NOT_FOUND_MESSAGE)
-        await self._invalidations.key_changed(key_id)
+        await self._invalidations.key_changed(organization_id, mode, key_id)
         return revoked

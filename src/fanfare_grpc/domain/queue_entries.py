@@ -13,7 +13,7 @@ import enum
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from fanfare_grpc import errors
@@ -40,6 +40,7 @@ from fanfare_grpc.domain.queue_state import (
     QueueRef,
     QueueStateStore,
     RedeemOutcome,
+    Transition,
 )
 from fanfare_grpc.domain.queues import ENTERABLE, Queue, QueueStatus
 
@@ -293,13 +294,11 @@ class QueueEntries:
                 leaving (then entering again at the back) would chain a new one.
         """
         queue = await self.queue(organization_id, mode, queue_id)
-        entry = await self._state.leave(queue_ref(queue), consumer_id, self._now())
-        if entry is None:
-            raise errors.NotFound(NOT_IN_QUEUE)
+        entry = await self._end(
+            self._state.leave, queue, consumer_id, event_types.QUEUE_CONSUMER_LEFT
+        )
         if entry.status is EntryStatus.ADMITTED and entry.redeemed_at is not None:
             raise errors.FailedPrecondition(GRANT_SPENT)
-        if entry.status is EntryStatus.LEFT:
-            await self._publish(event_types.QUEUE_CONSUMER_LEFT, queue, entry)
         return await self._position(queue, EntryView(entry, None))
 
     async def admit_now(
@@ -354,17 +353,11 @@ class QueueEntries:
             FailedPrecondition: Already COMPLETED, LEFT or EXPIRED.
         """
         queue = await self._config.get(organization_id, mode, queue_id)
-        ref = queue_ref(queue)
-        before = await self._state.view(ref, consumer_id)
-        if before is None:
-            raise errors.NotFound(NOT_IN_QUEUE)
-        entry = await self._state.deny(ref, consumer_id, self._now())
-        if entry is None:
-            raise errors.NotFound(NOT_IN_QUEUE)
+        entry = await self._end(
+            self._state.deny, queue, consumer_id, event_types.QUEUE_CONSUMER_DENIED, reason=reason
+        )
         if entry.status is not EntryStatus.DENIED:
             raise errors.FailedPrecondition(f"the consumer is already {entry.status.value}")
-        if before.entry.status is not EntryStatus.DENIED:
-            await self._publish(event_types.QUEUE_CONSUMER_DENIED, queue, entry, reason=reason)
         return await self._position(queue, EntryView(entry, None))
 
     async def complete(
@@ -377,19 +370,13 @@ class QueueEntries:
             FailedPrecondition: Not ADMITTED (or already COMPLETED: then it succeeds).
         """
         queue = await self._config.get(organization_id, mode, queue_id)
-        ref = queue_ref(queue)
-        before = await self._state.view(ref, consumer_id)
-        if before is None:
-            raise errors.NotFound(NOT_IN_QUEUE)
-        entry = await self._state.complete(ref, consumer_id, self._now())
-        if entry is None:
-            raise errors.NotFound(NOT_IN_QUEUE)
+        entry = await self._end(
+            self._state.complete, queue, consumer_id, event_types.QUEUE_CONSUMER_COMPLETED
+        )
         if entry.status is not EntryStatus.COMPLETED:
             raise errors.FailedPrecondition(
                 f"only an admitted consumer can complete (this one is {entry.status.value})"
             )
-        if before.entry.status is not EntryStatus.COMPLETED:
-            await self._publish(event_types.QUEUE_CONSUMER_COMPLETED, queue, entry)
         return await self._position(queue, EntryView(entry, None))
 
     async def validate_handoff(
@@ -529,6 +516,28 @@ class QueueEntries:
 
     def _now(self) -> float:
         return _timestamp(self._clock())
+
+    async def _end(
+        self,
+        transition: Callable[[QueueRef, str, float], Awaitable[Transition | None]],
+        queue: Queue,
+        consumer_id: str,
+        event_type: str,
+        **extra: Any,
+    ) -> EntryRecord:
+        """One status change and its event: published only by the call whose atomic
+        store step made the change, so concurrent or repeated calls (DenyConsumer twice,
+        a retry) publish it once. The one place the webhook outbox hooks in.
+
+        Raises:
+            NotFound: The consumer never entered the queue.
+        """
+        moved = await transition(queue_ref(queue), consumer_id, self._now())
+        if moved is None:
+            raise errors.NotFound(NOT_IN_QUEUE)
+        if moved.changed:
+            await self._publish(event_type, queue, moved.entry, **extra)
+        return moved.entry
 
     async def _publish(
         self, event_type: str, queue: Queue, entry: EntryRecord, **extra: Any

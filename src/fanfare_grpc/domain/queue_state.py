@@ -89,6 +89,20 @@ class EntryView:
     rank: int | None
 
 
+@dataclasses.dataclass(frozen=True)
+class Transition:
+    """A status change asked of the store: the entry as it is afterwards, and whether
+    this very call changed it.
+
+    ``changed`` is decided inside the store's atomic step, so of several concurrent
+    calls exactly one sees it: the one that publishes the event (and, with the webhook
+    outbox, writes it).
+    """
+
+    entry: EntryRecord
+    changed: bool
+
+
 class EnterOutcome(enum.Enum):
     """Result of ``enter``."""
 
@@ -181,11 +195,11 @@ class QueueStateStore(Protocol):
         """``view`` for many consumers in one round trip (live position streams)."""
         ...
 
-    async def leave(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+    async def leave(self, queue: QueueRef, consumer_id: str, now: float) -> Transition | None:
         """QUEUED, or ADMITTED with the token not yet redeemed → LEFT (position freed,
         device released, token void). Others, a redeemed admission included, are
-        returned unchanged (a spent grant must not turn into a new place in line);
-        None if the consumer never entered."""
+        returned unchanged (a spent grant must not turn into a new place in line;
+        ``changed`` False); None if the consumer never entered."""
         ...
 
     async def admit(
@@ -216,14 +230,14 @@ class QueueStateStore(Protocol):
         entry never expires."""
         ...
 
-    async def deny(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
+    async def deny(self, queue: QueueRef, consumer_id: str, now: float) -> Transition | None:
         """QUEUED or ADMITTED → DENIED (removed, token void, device released). Others are
-        returned unchanged; None if the consumer never entered."""
+        returned unchanged (``changed`` False); None if the consumer never entered."""
         ...
 
-    async def complete(self, queue: QueueRef, consumer_id: str, now: float) -> EntryRecord | None:
-        """ADMITTED → COMPLETED (device released). Others are returned unchanged; None if
-        the consumer never entered."""
+    async def complete(self, queue: QueueRef, consumer_id: str, now: float) -> Transition | None:
+        """ADMITTED → COMPLETED (device released). Others are returned unchanged
+        (``changed`` False); None if the consumer never entered."""
         ...
 
     async def counters(self, queue: QueueRef, now: float, window_seconds: float) -> QueueCounters:
