@@ -8,7 +8,9 @@ rotations cannot lose an update.
 
 from __future__ import annotations
 
-from typing import Protocol
+import dataclasses
+from collections.abc import Mapping
+from typing import Literal, Protocol
 
 from fanfare_grpc.crypto.envelope import Envelope, WrappedDataKey
 from fanfare_grpc.crypto.master_keys import MasterKeyRing
@@ -68,3 +70,48 @@ async def rewrap_signing_keys(ring: MasterKeyRing, store: SigningKeyRewrapStore)
         if await store.replace_signing_key(stored, sealed, master_key_id):
             rewrapped += 1
     return rewrapped
+
+
+MasterKeyState = Literal["current", "retired", "missing"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterKeyUsage:
+    """What one master key version wraps, and whether it may be dropped.
+
+    ``missing``: stored keys name a version this configuration does not have, so
+    they cannot be opened here.
+    """
+
+    key_id: str
+    state: MasterKeyState
+    data_keys: int
+    signing_keys: int
+
+    @property
+    def safe_to_retire(self) -> bool:
+        """A retired version nothing is wrapped under any more."""
+        return self.state == "retired" and self.data_keys == 0 and self.signing_keys == 0
+
+
+def master_key_usage(
+    ring: MasterKeyRing, data_keys: Mapping[str, int], signing_keys: Mapping[str, int]
+) -> list[MasterKeyUsage]:
+    """Per master key version (current, then retired, then missing ones): key counts."""
+    configured = [ring.current.key_id, *(key.key_id for key in ring.retired)]
+    missing = sorted((set(data_keys) | set(signing_keys)) - set(configured))
+    states: list[tuple[str, MasterKeyState]] = [
+        (ring.current.key_id, "current"),
+        *((key.key_id, "retired") for key in ring.retired),
+        *((key_id, "missing") for key_id in missing),
+    ]
+    seen: set[str] = set()
+    usage = []
+    for key_id, state in states:
+        if key_id in seen:  # the same key listed twice in the configuration
+            continue
+        seen.add(key_id)
+        usage.append(
+            MasterKeyUsage(key_id, state, data_keys.get(key_id, 0), signing_keys.get(key_id, 0))
+        )
+    return usage
