@@ -154,7 +154,12 @@ async def _create_organization(settings: Settings, name: str, as_json: bool) -> 
 
 
 async def _rotate_master_key(settings: Settings) -> None:
-    """Add a master key version (dev data dir) and re-wrap every data key under it."""
+    """Add a master key version (dev data dir) and re-wrap every data key under it.
+
+    Raises:
+        MasterKeyError: Keys remain under versions not configured here (named by
+            their non-secret ids); everything else was re-wrapped.
+    """
     if settings.uses_data_dir:
         prepare_data_dir(settings.data_dir, logging.getLogger(LOGGER_NAME))
     owner = Database.from_url(
@@ -171,12 +176,34 @@ async def _rotate_master_key(settings: Settings) -> None:
         ring = load_master_key_ring(
             settings.master_key, settings.master_keys_old, settings.data_dir
         )
-        rewrapped = await rewrap_data_keys(ring, DataKeyRewrapper(owner))
-        resealed = await rewrap_signing_keys(ring, SigningKeyRewrapper(owner))
+        data_keys, signing_keys = DataKeyRewrapper(owner), SigningKeyRewrapper(owner)
+        rewrapped = await rewrap_data_keys(ring, data_keys)
+        resealed = await rewrap_signing_keys(ring, signing_keys)
+        usage = master_key_usage(
+            ring,
+            await data_keys.count_by_master_key(),
+            await signing_keys.count_by_master_key(),
+        )
     finally:
         await owner.dispose()
     print(f"re-wrapped {rewrapped} data keys under {ring.current.key_id}")
     print(f"re-sealed {resealed} token signing keys under {ring.current.key_id}")
+    left = [u for u in usage if u.state != "current" and (u.data_keys or u.signing_keys)]
+    if left:
+        count = sum(u.data_keys + u.signing_keys for u in left)
+        versions = ", ".join(u.key_id for u in left)
+        # A missing version cannot be opened here; a configured one only holds keys
+        # a server wrapped while this ran, before it saw the new version.
+        remedy = (
+            "configure the missing versions in FANFARE_MASTER_KEYS_OLD and run "
+            "`fanfare-grpc master-key rotate` again"
+            if any(u.state == "missing" for u in left)
+            else "run `fanfare-grpc master-key rotate` again"
+        )
+        raise MasterKeyError(
+            f"{count} keys are still wrapped under {versions}: {remedy} "
+            "(`fanfare-grpc master-key status` counts them)"
+        )
 
 
 async def _master_key_status(settings: Settings, as_json: bool) -> None:

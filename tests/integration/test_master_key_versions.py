@@ -276,6 +276,13 @@ async def test_status_counts_keys_per_master_key_version_before_and_after_a_rewr
         new_id: ("current", 0, 0, False),
         old_id: ("missing", 2, 0, False),
     }
+    # ... and a rotation then re-wraps what it can and names what it cannot.
+    code, stdout, stderr = await run_cli("master-key", "rotate", env=too_early)
+    assert code == 1 and "re-wrapped 0 data keys" in stdout
+    assert f"fanfare-grpc: 2 keys are still wrapped under {old_id}: configure the missing" in (
+        stderr
+    )
+    assert "Traceback" not in stderr and old_key not in stderr and new_key not in stderr
 
     code, _, stderr = await run_cli("master-key", "rotate", env=during)
     assert code == 0, stderr

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Literal, Protocol
 
+from fanfare_grpc.crypto.aead import DecryptionError
 from fanfare_grpc.crypto.envelope import Envelope, WrappedDataKey
 from fanfare_grpc.crypto.master_keys import MasterKeyRing
 from fanfare_grpc.crypto.signing_keys import (
@@ -39,11 +40,19 @@ class _NoDataKeys:
 
 
 async def rewrap_data_keys(ring: MasterKeyRing, store: RewrapStore) -> int:
-    """Re-wrap every data key not yet under ``ring.current``; returns how many."""
+    """Re-wrap every data key not yet under ``ring.current``; returns how many.
+
+    A key ``ring`` cannot open (its version is not configured) is left as it is, so
+    one missing version does not stop the others; ``master_key_usage`` counts it.
+    """
     envelope = Envelope(ring, _NoDataKeys())
     rewrapped = 0
     for key in await store.wrapped_keys_not_under(ring.current.key_id):
-        if await store.replace(key, envelope.rewrap(key)):
+        try:
+            new = envelope.rewrap(key)
+        except DecryptionError:
+            continue
+        if await store.replace(key, new):
             rewrapped += 1
     return rewrapped
 
@@ -63,10 +72,17 @@ class SigningKeyRewrapStore(Protocol):
 
 
 async def rewrap_signing_keys(ring: MasterKeyRing, store: SigningKeyRewrapStore) -> int:
-    """Re-seal every token signing key under ``ring.current``; returns how many."""
+    """Re-seal every token signing key under ``ring.current``; returns how many.
+
+    Like ``rewrap_data_keys``, a key ``ring`` cannot open is left as it is.
+    """
     rewrapped = 0
     for stored in await store.signing_keys_not_under(ring.current.key_id):
-        sealed, master_key_id = seal_signing_key(ring, unseal_signing_key(ring, stored))
+        try:
+            key = unseal_signing_key(ring, stored)
+        except (DecryptionError, ValueError):
+            continue
+        sealed, master_key_id = seal_signing_key(ring, key)
         if await store.replace_signing_key(stored, sealed, master_key_id):
             rewrapped += 1
     return rewrapped
