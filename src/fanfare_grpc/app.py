@@ -27,7 +27,7 @@ from fanfare_grpc.cache.factory import open_cache
 from fanfare_grpc.cache.protocols import Cache
 from fanfare_grpc.crypto.consumer_emails import ConsumerEmailVault
 from fanfare_grpc.crypto.envelope import Envelope
-from fanfare_grpc.crypto.master_keys import MasterKeyRing, load_master_key_ring
+from fanfare_grpc.crypto.master_keys import MasterKeySource
 from fanfare_grpc.crypto.signing_keys import SigningKeyRing
 from fanfare_grpc.domain.api_key_service import ApiKeyService
 from fanfare_grpc.domain.events import RecordingEventPublisher
@@ -135,24 +135,22 @@ class Application:
             settings.effective_database_url, setting=settings.database_setting
         )
         cache = open_cache(settings)
-
-        def load_ring() -> MasterKeyRing:
-            return load_master_key_ring(
-                settings.master_key, settings.master_keys_old, settings.data_dir
-            )
-
-        ring = load_ring()
+        master_keys = MasterKeySource.configured(
+            settings.master_key, settings.master_keys_old, settings.data_dir
+        )
         api_keys = SqlApiKeyStore(database)
         verifier = KeyVerifier(api_keys, cache.counters, wall_clock=clock)
-        envelope = Envelope(ring, SqlDataKeyStore(database), reload_ring=load_ring)
+        envelope = Envelope(master_keys, SqlDataKeyStore(database))
         signing_keys = SigningKeyRing(
             SqlSigningKeyStore(database),
-            lambda: envelope.ring,
+            # New signing keys are sealed under the newest master key, like data keys.
+            master_keys.ring,
             rotation=dt.timedelta(seconds=settings.signing_key_rotation_seconds),
             # Keys sign access tokens and handoff tokens: published for the longer.
             token_lifetime=max(
                 dt.timedelta(seconds=settings.access_token_ttl_seconds), MAX_HANDOFF_TTL
             ),
+            logger=logger,
         )
         lifetimes = TokenLifetimes(
             access=dt.timedelta(seconds=settings.access_token_ttl_seconds),

@@ -27,7 +27,12 @@ from fanfare_grpc.crypto.master_keys import (
     add_dev_master_key,
     load_master_key_ring,
 )
-from fanfare_grpc.crypto.rotation import rewrap_data_keys, rewrap_signing_keys
+from fanfare_grpc.crypto.rotation import (
+    MasterKeyUsage,
+    master_key_usage,
+    rewrap_data_keys,
+    rewrap_signing_keys,
+)
 from fanfare_grpc.domain.organizations import create_organization
 from fanfare_grpc.logs import configure_logging
 from fanfare_grpc.private_files import DataDirError, prepare_data_dir
@@ -94,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         "rotate", help="add a master key version and re-wrap every data key under it"
     )
     _add_options(rotate_parser, _COMMON_OPTIONS)
+    status_parser = master_key_commands.add_parser(
+        "status", help="count the keys each master key version wraps; say which can be retired"
+    )
+    status_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_options(status_parser, _COMMON_OPTIONS)
     return parser
 
 
@@ -144,7 +154,12 @@ async def _create_organization(settings: Settings, name: str, as_json: bool) -> 
 
 
 async def _rotate_master_key(settings: Settings) -> None:
-    """Add a master key version (dev data dir) and re-wrap every data key under it."""
+    """Add a master key version (dev data dir) and re-wrap every data key under it.
+
+    Raises:
+        MasterKeyError: Keys remain under versions not configured here (named by
+            their non-secret ids); everything else was re-wrapped.
+    """
     if settings.uses_data_dir:
         prepare_data_dir(settings.data_dir, logging.getLogger(LOGGER_NAME))
     owner = Database.from_url(
@@ -161,12 +176,92 @@ async def _rotate_master_key(settings: Settings) -> None:
         ring = load_master_key_ring(
             settings.master_key, settings.master_keys_old, settings.data_dir
         )
-        rewrapped = await rewrap_data_keys(ring, DataKeyRewrapper(owner))
-        resealed = await rewrap_signing_keys(ring, SigningKeyRewrapper(owner))
+        data_keys, signing_keys = DataKeyRewrapper(owner), SigningKeyRewrapper(owner)
+        rewrapped = await rewrap_data_keys(ring, data_keys)
+        resealed = await rewrap_signing_keys(ring, signing_keys)
+        usage = master_key_usage(
+            ring,
+            await data_keys.count_by_master_key(),
+            await signing_keys.count_by_master_key(),
+        )
     finally:
         await owner.dispose()
     print(f"re-wrapped {rewrapped} data keys under {ring.current.key_id}")
     print(f"re-sealed {resealed} token signing keys under {ring.current.key_id}")
+    left = [u for u in usage if u.state != "current" and (u.data_keys or u.signing_keys)]
+    if left:
+        count = sum(u.data_keys + u.signing_keys for u in left)
+        versions = ", ".join(u.key_id for u in left)
+        # A missing version cannot be opened here; a configured one only holds keys
+        # a server wrapped while this ran, before it saw the new version.
+        remedy = (
+            "configure the missing versions in FANFARE_MASTER_KEYS_OLD and run "
+            "`fanfare-grpc master-key rotate` again"
+            if any(u.state == "missing" for u in left)
+            else "run `fanfare-grpc master-key rotate` again"
+        )
+        raise MasterKeyError(
+            f"{count} keys are still wrapped under {versions}: {remedy} "
+            "(`fanfare-grpc master-key status` counts them)"
+        )
+
+
+async def _master_key_status(settings: Settings, as_json: bool) -> None:
+    """Print, per master key version, how many keys it wraps and if it may be retired."""
+    if settings.uses_data_dir:
+        prepare_data_dir(settings.data_dir, logging.getLogger(LOGGER_NAME))
+    ring = load_master_key_ring(settings.master_key, settings.master_keys_old, settings.data_dir)
+    owner = Database.from_url(
+        settings.effective_owner_database_url,
+        as_owner=True,
+        setting=settings.owner_database_setting,
+    )
+    try:
+        # Counts span organizations, which only the tables' owner may read.
+        await owner.require_reachable()
+        usage = master_key_usage(
+            ring,
+            await DataKeyRewrapper(owner).count_by_master_key(),
+            await SigningKeyRewrapper(owner).count_by_master_key(),
+        )
+    finally:
+        await owner.dispose()
+    if as_json:
+        print(json.dumps({"current": ring.current.key_id, "versions": _usage_json(usage)}))
+        return
+    rows = [("master key", "state", "data keys", "signing keys", "retire")]
+    rows += [
+        (u.key_id, u.state, str(u.data_keys), str(u.signing_keys), _retire_advice(u)) for u in usage
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for key_id, state, data_keys, signing_keys, advice in rows:
+        print(
+            f"{key_id:<{widths[0]}}  {state:<{widths[1]}}  {data_keys:>{widths[2]}}  "
+            f"{signing_keys:>{widths[3]}}  {advice}"
+        )
+
+
+def _usage_json(usage: list[MasterKeyUsage]) -> list[dict[str, object]]:
+    return [
+        {
+            "master_key_id": u.key_id,
+            "state": u.state,
+            "data_keys": u.data_keys,
+            "signing_keys": u.signing_keys,
+            "safe_to_retire": u.safe_to_retire,
+        }
+        for u in usage
+    ]
+
+
+def _retire_advice(usage: MasterKeyUsage) -> str:
+    if usage.state == "current":
+        return "no: current version"
+    if usage.state == "missing":
+        return "unreadable: not configured here"
+    if usage.safe_to_retire:
+        return "safe"
+    return "not yet: run `fanfare-grpc master-key rotate`"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -187,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_migrate(settings))
         elif arguments.command == "orgs":
             asyncio.run(_create_organization(settings, arguments.name, arguments.json))
+        elif arguments.command == "master-key" and arguments.master_key_command == "status":
+            asyncio.run(_master_key_status(settings, arguments.json))
         elif arguments.command == "master-key":
             asyncio.run(_rotate_master_key(settings))
     except (

@@ -16,11 +16,12 @@ from fanfare_grpc.crypto.master_keys import (
     MasterKey,
     MasterKeyError,
     MasterKeyRing,
+    MasterKeySource,
     add_dev_master_key,
     load_master_key_ring,
     new_key_material,
 )
-from fanfare_grpc.crypto.rotation import rewrap_data_keys
+from fanfare_grpc.crypto.rotation import master_key_usage, rewrap_data_keys
 
 
 class DictDataKeys:
@@ -144,3 +145,53 @@ def test_keyed_digests_are_stable_keyed_and_separated_by_purpose() -> None:
     )
     assert ip_digester(root).digest("x") != device_digester(root).digest("x")
     assert "203.0.113.7" not in ip_digester(root).digest("203.0.113.7")
+
+
+async def test_envelope_wraps_under_a_master_key_added_to_the_dev_file_meanwhile(
+    tmp_path: Path,
+) -> None:
+    store = DictDataKeys()
+    # What a server holds: the keys as configured, followed as they change.
+    envelope = Envelope(MasterKeySource.configured(None, (), tmp_path), store)
+    store.add(envelope.new_data_key("org_before"))
+    old = load_master_key_ring(None, (), tmp_path).current
+
+    added = add_dev_master_key(tmp_path)  # `master-key rotate` in another process
+    wrapped = envelope.new_data_key("org_after")
+    assert wrapped.master_key_id == added.key_id != old.key_id
+    store.add(wrapped)
+    assert await rewrap_data_keys(load_master_key_ring(None, (), tmp_path), store) == 1
+
+    # Retiring the old version leaves every data key readable.
+    retired = Envelope(MasterKeyRing(added), store)
+    for organization in ("org_before", "org_after"):
+        assert await retired.device_digester(organization)
+
+
+def test_master_keys_from_the_environment_are_read_once() -> None:
+    calls: list[int] = []
+    ring = MasterKeyRing(MasterKey.from_material(new_key_material()))
+
+    def load() -> MasterKeyRing:
+        calls.append(1)
+        return ring
+
+    source = MasterKeySource(load, lambda: None)
+    assert source.ring() is ring and source.ring() is ring
+    assert len(calls) == 1  # the version did not change: no reload
+
+
+def test_master_key_usage_says_which_versions_can_be_retired() -> None:
+    current, emptied, busy = (MasterKey.from_material(new_key_material()) for _ in range(3))
+    ring = MasterKeyRing(current, (emptied, busy))
+    usage = master_key_usage(
+        ring,
+        {current.key_id: 3, busy.key_id: 1, "mk_gone": 2},
+        {current.key_id: 2, emptied.key_id: 0},
+    )
+    assert [(u.key_id, u.state, u.data_keys, u.signing_keys, u.safe_to_retire) for u in usage] == [
+        (current.key_id, "current", 3, 2, False),
+        (emptied.key_id, "retired", 0, 0, True),
+        (busy.key_id, "retired", 1, 0, False),
+        ("mk_gone", "missing", 2, 0, False),
+    ]

@@ -8,12 +8,18 @@ import datetime as dt
 import pytest
 
 from fanfare_grpc.crypto import aead
-from fanfare_grpc.crypto.jwt_tokens import AccessClaims, sign_access_token, verify_access_token
+from fanfare_grpc.crypto.jwt_tokens import (
+    AccessClaims,
+    SigningKey,
+    sign_access_token,
+    verify_access_token,
+)
 from fanfare_grpc.crypto.master_keys import MasterKey, MasterKeyRing, new_key_material
 from fanfare_grpc.crypto.rotation import rewrap_signing_keys
 from fanfare_grpc.crypto.signing_keys import (
     SigningKeyRing,
     StoredSigningKey,
+    seal_signing_key,
     unseal_signing_key,
 )
 
@@ -103,3 +109,67 @@ async def test_master_key_rotation_reseals_signing_keys() -> None:
     only_new = MasterKeyRing(new.current)
     (stored,) = store.keys.values()
     assert unseal_signing_key(only_new, stored).public_jwk() == key.public_jwk()
+
+
+def _stored(ring: MasterKeyRing, key: SigningKey, kid: str | None = None) -> StoredSigningKey:
+    """``key`` sealed under ``ring`` as a stored row (under another ``kid``: damaged)."""
+    sealed, master_key_id = seal_signing_key(ring, key)
+    return StoredSigningKey(
+        kid=kid or key.kid,
+        sealed_private_key=sealed,
+        master_key_id=master_key_id,
+        created_at=key.created_at,
+        sign_until=key.created_at + ROTATION,
+        publish_until=key.created_at + ROTATION + LIFETIME,
+    )
+
+
+async def test_a_key_that_cannot_be_unsealed_spoils_only_its_own_tokens(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, master = MemoryStore(), _ring()
+    ring = SigningKeyRing(store, lambda: master, rotation=ROTATION, token_lifetime=LIFETIME)
+    good = await ring.signing_key(START)
+    token = sign_access_token(good, _claims(START))
+    # Newer keys: one sealed under a master key this process lacks, one damaged.
+    later = START + dt.timedelta(seconds=1)
+    stranger = _stored(_ring(), SigningKey.generate(later))
+    damaged = _stored(master, SigningKey.generate(later), kid="ed_damaged")
+    store.keys.update({stranger.kid: stranger, damaged.kid: damaged})
+
+    replica = SigningKeyRing(store, lambda: master, rotation=ROTATION, token_lifetime=LIFETIME)
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            published = await replica.public_keys(later)
+            assert set(published) == {good.kid}
+            verify_access_token(token, published, issuer="iss", organization_id="org_a", now=later)
+        # The newest key it can open signs (the current one here).
+        assert (await replica.signing_key(later)).kid == good.kid
+    warnings = [record for record in caplog.records if "cannot be unsealed" in record.message]
+    assert sorted(record.kid for record in warnings) == sorted([stranger.kid, "ed_damaged"])
+    assert master.current.material.hex() not in caplog.text
+
+
+async def test_when_no_current_key_can_be_unsealed_a_fresh_one_signs() -> None:
+    store, master = MemoryStore(), _ring()
+    stranger = _stored(_ring(), SigningKey.generate(START))
+    store.keys[stranger.kid] = stranger
+    ring = SigningKeyRing(store, lambda: master, rotation=ROTATION, token_lifetime=LIFETIME)
+    fresh = await ring.signing_key(START)
+    assert fresh.kid != stranger.kid
+    assert store.keys[fresh.kid].master_key_id == master.current.key_id
+    token = sign_access_token(fresh, _claims(START))
+    published = await ring.public_keys_for(fresh.kid, START)
+    verify_access_token(token, published, issuer="iss", organization_id="org_a", now=START)
+
+
+async def test_a_key_left_out_is_retried_once_the_master_keys_change() -> None:
+    store, master, other = MemoryStore(), _ring(), _ring()
+    stranger = _stored(other, SigningKey.generate(START))
+    store.keys[stranger.kid] = stranger
+    rings = [master]
+    ring = SigningKeyRing(store, lambda: rings[-1], rotation=ROTATION, token_lifetime=LIFETIME)
+    assert await ring.public_keys(START) == {}
+    # The missing version reaches this process (e.g. `master-key rotate` added it).
+    rings.append(MasterKeyRing(master.current, (other.current,)))
+    assert set(await ring.public_keys(START)) == {stranger.kid}

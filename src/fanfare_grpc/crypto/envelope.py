@@ -19,7 +19,7 @@ from fanfare_grpc.crypto.digests import (
     email_index_digester,
     ip_digester,
 )
-from fanfare_grpc.crypto.master_keys import MasterKeyRing, new_key_material
+from fanfare_grpc.crypto.master_keys import MasterKeyRing, MasterKeySource, new_key_material
 
 FIRST_DATA_KEY_VERSION = 1
 
@@ -62,15 +62,18 @@ def value_context(organization_id: str, table: str, column: str, row_id: str) ->
 class Envelope:
     """Encrypts and decrypts organization data; caches unwrapped data keys in memory."""
 
-    def __init__(
-        self,
-        ring: MasterKeyRing,
-        store: DataKeyStore,
-        reload_ring: Callable[[], MasterKeyRing] | None = None,
-    ) -> None:
-        self._ring = ring
+    def __init__(self, master_keys: MasterKeyRing | MasterKeySource, store: DataKeyStore) -> None:
+        """
+        Args:
+            master_keys: A fixed ring, or the deployment's keys followed as
+                ``master-key rotate`` changes them (servers).
+        """
+        self._master_keys = (
+            master_keys
+            if isinstance(master_keys, MasterKeySource)
+            else MasterKeySource.fixed(master_keys)
+        )
         self._store = store
-        self._reload_ring = reload_ring
         self._data_keys: dict[tuple[str, int], bytes] = {}
         # Derived digesters per (organization, purpose): HKDF costs ~7 µs, and the
         # device digest runs on every consumer call.
@@ -78,8 +81,8 @@ class Envelope:
 
     @property
     def ring(self) -> MasterKeyRing:
-        """The master keys in use."""
-        return self._ring
+        """The newest master keys (re-read if ``master-key rotate`` changed them)."""
+        return self._master_keys.ring()
 
     def new_data_key(self, organization_id: str) -> WrappedDataKey:
         """A fresh data key for a new organization, wrapped under the current master key."""
@@ -88,8 +91,8 @@ class Envelope:
         return self.wrap(organization_id, FIRST_DATA_KEY_VERSION, material)
 
     def wrap(self, organization_id: str, version: int, material: bytes) -> WrappedDataKey:
-        """Seal data key material under the current master key."""
-        current = self._ring.current
+        """Seal data key material under the newest master key of the deployment."""
+        current = self.ring.current
         wrapped = aead.seal(
             current.material, version, material, _wrapping_context(organization_id, version)
         )
@@ -102,12 +105,9 @@ class Envelope:
             aead.DecryptionError: Unknown master key version, or the wrapped key is not
                 this organization's.
         """
-        master = self._ring.find(key.master_key_id)
-        if master is None and self._reload_ring is not None:
-            # `master-key rotate` may have added a version since we started (dev key
-            # file); production rolls the new key out to every server first.
-            self._ring = self._reload_ring()
-            master = self._ring.find(key.master_key_id)
+        # `master-key rotate` may have added a version since we started (dev key file,
+        # noticed by the ring); production rolls the new key out to every server first.
+        master = self.ring.find(key.master_key_id)
         if master is None:
             raise aead.DecryptionError("data key wrapped by an unknown master key version")
         return aead.open_sealed(
@@ -183,7 +183,7 @@ class Envelope:
         Derived from the current master key: these digests only key short-lived
         counters, so a change at master-key rotation is harmless.
         """
-        return ip_digester(self._ring.current.material)
+        return ip_digester(self.ring.current.material)
 
     def forget(self, organization_id: str) -> None:
         """Drop cached data keys of an organization (after crypto-shredding)."""

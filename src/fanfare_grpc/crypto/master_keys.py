@@ -3,6 +3,8 @@
 Production passes keys in ``FANFARE_MASTER_KEY`` (and ``FANFARE_MASTER_KEYS_OLD``).
 The embedded dev mode keeps them in ``<data dir>/master_keys`` (mode 0600), one
 base64 key per line, newest last; ``fanfare-grpc master-key rotate`` appends one.
+Running processes notice the append through ``MasterKeySource`` (one ``stat`` before
+each use), so they wrap new keys under the new version at once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import binascii
 import dataclasses
 import hashlib
 import os
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 from fanfare_grpc.crypto.aead import KEY_LENGTH
@@ -85,6 +88,71 @@ def load_master_key_ring(
         MasterKey.from_base64(value, "FANFARE_MASTER_KEYS_OLD") for value in master_keys_old
     )
     return MasterKeyRing(keys[-1], tuple(reversed(keys[:-1])) + extra)
+
+
+def master_key_ring_version(master_key: str | None, data_dir: Path) -> Hashable:
+    """What changes when ``load_master_key_ring`` would answer differently (cheap).
+
+    Keys from the environment only change with a restart; the dev key file changes
+    under running processes when ``master-key rotate`` appends a version (an append
+    always changes its size, any rewrite its modification time).
+    """
+    if master_key:
+        return None
+    try:
+        info = (data_dir / DEV_KEY_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+class MasterKeySource:
+    """The master keys as the deployment has them now, re-read when they change.
+
+    A process that kept the ring it started with would go on wrapping new data keys
+    and signing keys under a version ``master-key rotate`` has since replaced, and
+    retiring that version would make them unreadable. Every ``ring()`` call compares
+    the cheap version first and reloads only when it changed.
+    """
+
+    def __init__(self, load: Callable[[], MasterKeyRing], version: Callable[[], Hashable]) -> None:
+        self._load = load
+        self._version_of = version
+        # Version first, then keys: a change in between only causes one extra reload.
+        self._version = version()
+        self._ring = load()
+
+    @classmethod
+    def fixed(cls, ring: MasterKeyRing) -> MasterKeySource:
+        """A ring that never changes (tests, one-off commands)."""
+        return cls(lambda: ring, lambda: None)
+
+    @classmethod
+    def configured(
+        cls, master_key: str | None, master_keys_old: tuple[str, ...], data_dir: Path
+    ) -> MasterKeySource:
+        """The keys of the environment, or of the dev data dir (followed as it changes).
+
+        Raises:
+            MasterKeyError: The configuration is unusable.
+        """
+        return cls(
+            lambda: load_master_key_ring(master_key, master_keys_old, data_dir),
+            lambda: master_key_ring_version(master_key, data_dir),
+        )
+
+    def ring(self) -> MasterKeyRing:
+        """The newest ring: re-read first if its version changed since the last read."""
+        version = self._version_of()
+        if version != self._version:
+            try:
+                self._ring = self._load()
+            except MasterKeyError:
+                # Caught mid-write or mangled: the keys we have still open everything
+                # they opened before; the next call reads the file again.
+                return self._ring
+            self._version = version
+        return self._ring
 
 
 def add_dev_master_key(data_dir: Path) -> MasterKey:

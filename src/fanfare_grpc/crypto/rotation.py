@@ -8,8 +8,11 @@ rotations cannot lose an update.
 
 from __future__ import annotations
 
-from typing import Protocol
+import dataclasses
+from collections.abc import Mapping
+from typing import Literal, Protocol
 
+from fanfare_grpc.crypto.aead import DecryptionError
 from fanfare_grpc.crypto.envelope import Envelope, WrappedDataKey
 from fanfare_grpc.crypto.master_keys import MasterKeyRing
 from fanfare_grpc.crypto.signing_keys import (
@@ -37,11 +40,19 @@ class _NoDataKeys:
 
 
 async def rewrap_data_keys(ring: MasterKeyRing, store: RewrapStore) -> int:
-    """Re-wrap every data key not yet under ``ring.current``; returns how many."""
+    """Re-wrap every data key not yet under ``ring.current``; returns how many.
+
+    A key ``ring`` cannot open (its version is not configured) is left as it is, so
+    one missing version does not stop the others; ``master_key_usage`` counts it.
+    """
     envelope = Envelope(ring, _NoDataKeys())
     rewrapped = 0
     for key in await store.wrapped_keys_not_under(ring.current.key_id):
-        if await store.replace(key, envelope.rewrap(key)):
+        try:
+            new = envelope.rewrap(key)
+        except DecryptionError:
+            continue
+        if await store.replace(key, new):
             rewrapped += 1
     return rewrapped
 
@@ -61,10 +72,62 @@ class SigningKeyRewrapStore(Protocol):
 
 
 async def rewrap_signing_keys(ring: MasterKeyRing, store: SigningKeyRewrapStore) -> int:
-    """Re-seal every token signing key under ``ring.current``; returns how many."""
+    """Re-seal every token signing key under ``ring.current``; returns how many.
+
+    Like ``rewrap_data_keys``, a key ``ring`` cannot open is left as it is.
+    """
     rewrapped = 0
     for stored in await store.signing_keys_not_under(ring.current.key_id):
-        sealed, master_key_id = seal_signing_key(ring, unseal_signing_key(ring, stored))
+        try:
+            key = unseal_signing_key(ring, stored)
+        except (DecryptionError, ValueError):
+            continue
+        sealed, master_key_id = seal_signing_key(ring, key)
         if await store.replace_signing_key(stored, sealed, master_key_id):
             rewrapped += 1
     return rewrapped
+
+
+MasterKeyState = Literal["current", "retired", "missing"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterKeyUsage:
+    """What one master key version wraps, and whether it may be dropped.
+
+    ``missing``: stored keys name a version this configuration does not have, so
+    they cannot be opened here.
+    """
+
+    key_id: str
+    state: MasterKeyState
+    data_keys: int
+    signing_keys: int
+
+    @property
+    def safe_to_retire(self) -> bool:
+        """A retired version nothing is wrapped under any more."""
+        return self.state == "retired" and self.data_keys == 0 and self.signing_keys == 0
+
+
+def master_key_usage(
+    ring: MasterKeyRing, data_keys: Mapping[str, int], signing_keys: Mapping[str, int]
+) -> list[MasterKeyUsage]:
+    """Per master key version (current, then retired, then missing ones): key counts."""
+    configured = [ring.current.key_id, *(key.key_id for key in ring.retired)]
+    missing = sorted((set(data_keys) | set(signing_keys)) - set(configured))
+    states: list[tuple[str, MasterKeyState]] = [
+        (ring.current.key_id, "current"),
+        *((key.key_id, "retired") for key in ring.retired),
+        *((key_id, "missing") for key_id in missing),
+    ]
+    seen: set[str] = set()
+    usage = []
+    for key_id, state in states:
+        if key_id in seen:  # the same key listed twice in the configuration
+            continue
+        seen.add(key_id)
+        usage.append(
+            MasterKeyUsage(key_id, state, data_keys.get(key_id, 0), signing_keys.get(key_id, 0))
+        )
+    return usage

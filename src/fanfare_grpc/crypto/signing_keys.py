@@ -3,13 +3,16 @@
 A key signs for ``rotation`` and stays published (JWKS, verification) until every
 token it could have signed has expired, so a rotation never breaks live sessions.
 Replicas share keys through the database; two replicas rotating at the same moment
-merely publish two fresh keys.
+merely publish two fresh keys. Each key is unsealed on its own: one this replica
+cannot open (sealed under a master key version it does not have, or damaged) is
+logged once and left out, so tokens of every other key keep verifying.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
@@ -85,13 +88,18 @@ class SigningKeyRing:
         *,
         rotation: dt.timedelta,
         token_lifetime: dt.timedelta,
+        logger: logging.Logger | None = None,
     ) -> None:
         """
         Args:
+            master_keys: The newest master keys (called before each seal or unseal,
+                so it should be cheap: ``MasterKeySource.ring``).
             token_lifetime: The longest lifetime of anything a key signs (access
                 tokens and handoff tokens alike): a key stays published that long
                 after it stops signing, so no token outlives its key.
+            logger: Where a key that cannot be unsealed is reported (once).
         """
+        self._logger = logger or logging.getLogger(__name__)
         self._store = store
         self._master_keys = master_keys
         self._rotation = rotation
@@ -100,6 +108,9 @@ class SigningKeyRing:
         self._published: list[StoredSigningKey] = []
         self._published_at: dt.datetime | None = None
         self._unsealed: dict[str, SigningKey] = {}
+        # kid -> (what failed to open, with which master keys): retried only when the
+        # stored key (re-sealed by a rotation) or this process's master keys change.
+        self._unusable: dict[str, tuple[bytes, MasterKeyRing]] = {}
 
     async def signing_key(self, now: dt.datetime) -> SigningKey:
         """The key to sign with now (created, and stored, when none is current)."""
@@ -107,8 +118,12 @@ class SigningKeyRing:
             return self._current[0]
         for stored in await self._refresh(now):
             if stored.sign_until > now:
-                self._current = (self._unseal(stored), stored.sign_until)
-                return self._current[0]
+                usable = self._unseal(stored)
+                if usable is not None:
+                    self._current = (usable, stored.sign_until)
+                    return usable
+        # None current, or none this replica can open: a fresh key (newest first, so
+        # the other replicas sign with it too once they see it).
         key = SigningKey.generate(now)
         sealed, master_key_id = seal_signing_key(self._master_keys(), key)
         sign_until = now + self._rotation
@@ -129,10 +144,7 @@ class SigningKeyRing:
 
     async def public_keys(self, now: dt.datetime) -> dict[str, Ed25519PublicKey]:
         """Every published key by ``kid`` (refreshed from the store every 30 s)."""
-        return {
-            stored.kid: self._unseal(stored).public_key
-            for stored in await self._published_keys(now)
-        }
+        return {key.kid: key.public_key for key in await self.published(now)}
 
     async def public_keys_for(
         self, kid: str | None, now: dt.datetime
@@ -149,14 +161,39 @@ class SigningKeyRing:
         return keys
 
     async def published(self, now: dt.datetime) -> list[SigningKey]:
-        """Published keys, newest first (for JWKS: only their public halves go out)."""
-        return [self._unseal(stored) for stored in await self._published_keys(now)]
+        """Published keys this replica can open, newest first.
 
-    def _unseal(self, stored: StoredSigningKey) -> SigningKey:
+        For JWKS (only their public halves go out) and verification; a key that
+        cannot be unsealed is left out rather than failing every other key's tokens.
+        """
+        keys = (self._unseal(stored) for stored in await self._published_keys(now))
+        return [key for key in keys if key is not None]
+
+    def _unseal(self, stored: StoredSigningKey) -> SigningKey | None:
         key = self._unsealed.get(stored.kid)
-        if key is None:
-            key = unseal_signing_key(self._master_keys(), stored)
-            self._unsealed[stored.kid] = key
+        if key is not None:
+            return key
+        master_keys = self._master_keys()
+        failed = self._unusable.get(stored.kid)
+        if failed is not None and failed == (stored.sealed_private_key, master_keys):
+            return None
+        try:
+            key = unseal_signing_key(master_keys, stored)
+        except (aead.DecryptionError, ValueError) as error:
+            if failed is None:
+                # Names only: the kid and the master key fingerprint are not secret.
+                self._logger.warning(
+                    "token signing key cannot be unsealed; its tokens are refused here",
+                    extra={
+                        "kid": stored.kid,
+                        "master_key_id": stored.master_key_id,
+                        "reason": str(error),
+                    },
+                )
+            self._unusable[stored.kid] = (stored.sealed_private_key, master_keys)
+            return None
+        self._unusable.pop(stored.kid, None)
+        self._unsealed[stored.kid] = key
         return key
 
     async def _published_keys(self, now: dt.datetime) -> list[StoredSigningKey]:

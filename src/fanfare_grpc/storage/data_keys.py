@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from fanfare_grpc.crypto.envelope import WrappedDataKey
 from fanfare_grpc.storage.database import Database
@@ -55,6 +55,16 @@ class DataKeyRewrapper:
                 select(OrganizationKeyRow).where(OrganizationKeyRow.master_key_id != master_key_id)
             )
             return [_wrapped(row) for row in rows]
+
+    async def count_by_master_key(self) -> dict[str, int]:
+        """How many data keys each master key version wraps (every organization)."""
+        async with self._database.sessions() as session:
+            rows = await session.execute(
+                select(OrganizationKeyRow.master_key_id, func.count()).group_by(
+                    OrganizationKeyRow.master_key_id
+                )
+            )
+            return {master_key_id: count for master_key_id, count in rows.tuples()}
 
     async def replace(self, previous: WrappedDataKey, rewrapped: WrappedDataKey) -> bool:
         """Swap in the re-wrapped key unless someone changed it meanwhile."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from fanfare_grpc.crypto.signing_keys import StoredSigningKey
 from fanfare_grpc.storage.database import Database
@@ -63,6 +63,16 @@ class SigningKeyRewrapper:
                 select(SigningKeyRow).where(SigningKeyRow.master_key_id != master_key_id)
             )
             return [_stored(row) for row in rows]
+
+    async def count_by_master_key(self) -> dict[str, int]:
+        """How many signing keys (expired ones too) each master key version seals."""
+        async with self._database.sessions() as session:
+            rows = await session.execute(
+                select(SigningKeyRow.master_key_id, func.count()).group_by(
+                    SigningKeyRow.master_key_id
+                )
+            )
+            return {master_key_id: count for master_key_id, count in rows.tuples()}
 
     async def replace_signing_key(
         self, previous: StoredSigningKey, sealed_private_key: bytes, master_key_id: str
