@@ -3,6 +3,7 @@ decides, and what happens to markers that could not be written."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
@@ -32,6 +33,7 @@ class Markers:
     def __init__(self) -> None:
         self.values: dict[str, str] = {}
         self.broken = False
+        self.slow: set[str] = set()
 
     def _check(self) -> None:
         if self.broken:
@@ -43,6 +45,8 @@ class Markers:
 
     async def set(self, key: str, value: str, ttl_seconds: float) -> None:
         self._check()
+        for _ in range(3 if key in self.slow else 1):
+            await asyncio.sleep(0)  # a round trip: other calls run meanwhile
         self.values[key] = value
 
     async def get(self, key: str) -> str | None:
@@ -240,3 +244,20 @@ async def test_an_outage_is_logged_once_and_its_end_once(
     ]
     assert lines[0][1].startswith("session revocation markers: backend unreachable")
     assert lines[1][1].startswith("session revocation markers: recovered after ")
+
+
+async def test_the_retry_task_skips_a_marker_a_repeated_revoke_wrote_meanwhile(
+    parts: Parts,
+) -> None:
+    parts.markers.broken = True
+    with pytest.raises(errors.Unavailable):
+        await parts.revocations.sessions_revoked(ORG, Mode.TEST, [SESSION, "sess_b"])
+    parts.markers.broken = False
+    # The retry is still writing the first marker when a repeated revoke writes the
+    # second: the retry then finds it written already.
+    parts.markers.slow.add(revocation_marker(ORG, Mode.TEST, SESSION))
+    await asyncio.gather(
+        parts.revocations.retry_pending(),
+        parts.revocations.sessions_revoked(ORG, Mode.TEST, ["sess_b"]),
+    )
+    assert parts.revocations.pending == 0

@@ -172,7 +172,10 @@ class SessionRevocations:
                 await self.retry_pending()
 
     async def _write(self, key: _SessionKey) -> bool:
-        remaining = self._pending[key] - self._monotonic()
+        deadline = self._pending.get(key)
+        if deadline is None:
+            return True  # written meanwhile by a concurrent call or the retry task
+        remaining = deadline - self._monotonic()
         try:
             if remaining > 0:
                 await self._markers.set(revocation_marker(*key), "1", remaining)
