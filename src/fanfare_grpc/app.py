@@ -22,11 +22,13 @@ from fanfare_grpc.authentication.invalidation import (
     PubSubKeyInvalidations,
 )
 from fanfare_grpc.authentication.key_verifier import KeyVerifier
+from fanfare_grpc.authentication.session_revocations import SessionRevocations
 from fanfare_grpc.authentication.usage import KeyUsageRecorder
 from fanfare_grpc.cache.factory import open_cache
 from fanfare_grpc.cache.protocols import Cache
 from fanfare_grpc.crypto.consumer_emails import ConsumerEmailVault
 from fanfare_grpc.crypto.envelope import Envelope
+from fanfare_grpc.crypto.jwt_tokens import LEEWAY
 from fanfare_grpc.crypto.master_keys import MasterKeySource
 from fanfare_grpc.crypto.signing_keys import SigningKeyRing
 from fanfare_grpc.domain.api_key_service import ApiKeyService
@@ -107,6 +109,7 @@ class Application:
     signing_keys: SigningKeyRing
     consumers: SqlConsumerStore
     sessions: SessionService
+    session_revocations: SessionRevocations
     consumer_tokens: ConsumerTokenVerifier
     passwordless: PasswordlessLogin
     events: RecordingEventPublisher
@@ -122,8 +125,11 @@ class Application:
         *,
         permissions: Mapping[str, MethodPolicy] = PERMISSIONS,
         clock: Clock = utc_now,
+        cache: Cache | None = None,
     ) -> Application:
         """Create (but do not yet connect) every dependency.
+
+        ``cache`` replaces the one the settings name (tests wrap it to inject faults).
 
         Raises:
             MasterKeyError: The master key configuration is unusable.
@@ -134,7 +140,7 @@ class Application:
         database = Database.from_url(
             settings.effective_database_url, setting=settings.database_setting
         )
-        cache = open_cache(settings)
+        cache = cache or open_cache(settings)
         master_keys = MasterKeySource.configured(
             settings.master_key, settings.master_keys_old, settings.data_dir
         )
@@ -158,13 +164,19 @@ class Application:
         )
         consumers = SqlConsumerStore(database)
         session_store = SqlSessionStore(database)
+        session_revocations = SessionRevocations(
+            cache.values,
+            session_store,
+            # A marker lasts as long as any access token of the session may.
+            marker_lifetime=lifetimes.access + LEEWAY,
+            logger=logger,
+        )
         consumer_tokens = ConsumerTokenVerifier(
             signing_keys,
             session_store,
             envelope,
-            cache.values,
+            session_revocations,
             issuer=settings.token_issuer,
-            access_token_lifetime=lifetimes.access,
             clock=clock,
         )
         sessions = SessionService(
@@ -172,7 +184,7 @@ class Application:
             session_store,
             signing_keys,
             envelope,
-            consumer_tokens,
+            session_revocations,
             issuer=settings.token_issuer,
             lifetimes=lifetimes,
             clock=clock,
@@ -220,6 +232,7 @@ class Application:
             signing_keys=signing_keys,
             consumers=consumers,
             sessions=sessions,
+            session_revocations=session_revocations,
             consumer_tokens=consumer_tokens,
             passwordless=PasswordlessLogin(
                 SqlChallengeStore(database),

@@ -178,6 +178,7 @@ async def start_server(
         asyncio.create_task(monitor.run(), name="health-monitor"),
         asyncio.create_task(application.key_usage.run(), name="key-usage"),
         asyncio.create_task(application.key_invalidation_listener.run(), name="key-invalidations"),
+        asyncio.create_task(application.session_revocations.run(), name="session-revocations"),
     ]
     if run_worker:
         worker = Worker(

@@ -4,9 +4,10 @@ A token's signature and claims are verified once per process and cached by the
 SHA-256 digest of the token until it expires. The first sight of a token on a
 replica also reads its session from the database (live, same consumer). Every call
 then checks, without the signature: the organization and mode of the calling key,
-expiry, the device fingerprint's keyed digest against ``dfp``, and the shared
-revocation marker of the session (one cache read), so a revoked session stops
-working at once on every replica.
+expiry, the device fingerprint's keyed digest against ``dfp``, and the session's
+standing through ``SessionRevocations`` (the shared revocation marker, one cache
+read; the database when markers cannot be trusted), so a revoked session stops
+working at once on every replica, and within seconds when the cache fails.
 """
 
 from __future__ import annotations
@@ -18,18 +19,16 @@ import enum
 import hmac
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 import jwt
 
 from fanfare_grpc import errors
-from fanfare_grpc.cache.protocols import KeyValueStore
+from fanfare_grpc.authentication.session_revocations import SessionReader, SessionRevocations
 from fanfare_grpc.crypto.digests import sha256_hex
 from fanfare_grpc.crypto.envelope import Envelope
 from fanfare_grpc.crypto.jwt_tokens import LEEWAY, InvalidToken, verify_access_token
 from fanfare_grpc.crypto.signing_keys import SigningKeyRing
 from fanfare_grpc.domain.access import Mode
-from fanfare_grpc.domain.consumer_sessions import ConsumerSession
 
 INVALID_SESSION = "missing or invalid consumer session"
 EXPIRED_SESSION_TOKEN = "session token expired: refresh it"
@@ -86,16 +85,6 @@ class TokenCheck:
     identity: ConsumerIdentity | None = None
 
 
-class SessionReader(Protocol):
-    """Where the verifier reads session state."""
-
-    async def get_session(
-        self, organization_id: str, mode: Mode, session_id: str
-    ) -> ConsumerSession | None:
-        """One session."""
-        ...
-
-
 @dataclasses.dataclass(frozen=True)
 class _Verified:
     organization_id: str
@@ -103,16 +92,13 @@ class _Verified:
     identity: ConsumerIdentity
     device_hash: str
     session_expires_at: dt.datetime
+    # Monotonic time the database last said the session was live.
+    confirmed_at: float
 
 
 @dataclasses.dataclass(frozen=True)
 class _Settled:
     verdict: TokenVerdict
-
-
-def revocation_marker(session_id: str) -> str:
-    """Cache key whose presence means: this session's access tokens are dead."""
-    return f"sessions:revoked:{session_id}"
 
 
 class ConsumerTokenVerifier:
@@ -123,10 +109,9 @@ class ConsumerTokenVerifier:
         signing_keys: SigningKeyRing,
         sessions: SessionReader,
         envelope: Envelope,
-        markers: KeyValueStore,
+        revocations: SessionRevocations,
         *,
         issuer: str,
-        access_token_lifetime: dt.timedelta,
         clock: Callable[[], dt.datetime],
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -137,9 +122,8 @@ class ConsumerTokenVerifier:
         self._signing_keys = signing_keys
         self._sessions = sessions
         self._envelope = envelope
-        self._markers = markers
+        self._revocations = revocations
         self._issuer = issuer
-        self._marker_ttl = (access_token_lifetime + LEEWAY).total_seconds()
         self._clock = clock
         self._verified: collections.OrderedDict[str, _Verified] = collections.OrderedDict()
         self.signature_checks = 0
@@ -195,15 +179,19 @@ class ConsumerTokenVerifier:
             digester = await self._envelope.device_digester(organization_id)
             if not hmac.compare_digest(digester.digest(device), verified.device_hash):
                 return TokenCheck(TokenVerdict.DEVICE_MISMATCH)
-        if await self._markers.get(revocation_marker(verified.identity.session_id)) is not None:
+        standing = await self._revocations.standing(
+            organization_id, mode, verified.identity.session_id, verified.confirmed_at
+        )
+        if standing.revoked:
             self._verified.pop(digest, None)
             return TokenCheck(TokenVerdict.REVOKED)
-        self._verified.move_to_end(digest)
+        if digest in self._verified:  # another call may have dropped it meanwhile
+            if standing.confirmed_at != verified.confirmed_at:
+                self._verified[digest] = dataclasses.replace(
+                    verified, confirmed_at=standing.confirmed_at
+                )
+            self._verified.move_to_end(digest)
         return TokenCheck(TokenVerdict.OK, verified.identity)
-
-    async def session_revoked(self, session_id: str) -> None:
-        """Mark the session revoked for every replica, for as long as a token may live."""
-        await self._markers.set(revocation_marker(session_id), "1", self._marker_ttl)
 
     async def _first_sight(
         self, token: str, organization_id: str, mode: Mode, now: dt.datetime
@@ -211,6 +199,8 @@ class ConsumerTokenVerifier:
         """Signature and claims, then the session (a refusal after a genuine signature
         is ``_Settled``: server state decided it)."""
         self.signature_checks += 1
+        # Taken before the session is read: the confirmation is never newer than it.
+        confirmed_at = self._monotonic()
         try:
             claims = verify_access_token(
                 token,
@@ -238,6 +228,7 @@ class ConsumerTokenVerifier:
             ),
             device_hash=claims.device_hash,
             session_expires_at=session.expires_at,
+            confirmed_at=confirmed_at,
         )
 
     def _settle(self, key: tuple[str, str, Mode], verdict: TokenVerdict) -> None:

@@ -62,6 +62,8 @@ class Erasure:
 
     consumer: Consumer
     revoked_session_ids: tuple[str, ...]
+    # Unexpired sessions revoked by this erasure or an earlier one of the consumer.
+    ended_session_ids: tuple[str, ...] = ()
 
 
 class ConsumerStore(Protocol):
@@ -148,8 +150,15 @@ class SessionStore(Protocol):
 class SessionRevocations(Protocol):
     """Tells every replica that a session's access tokens must stop working now."""
 
-    async def session_revoked(self, session_id: str) -> None:
-        """Publish the revocation (best effort after the database change committed)."""
+    async def sessions_revoked(
+        self, organization_id: str, mode: Mode, session_ids: Sequence[str]
+    ) -> None:
+        """Publish revocations already committed to the database.
+
+        Raises:
+            Unavailable: Not every replica could be told yet (retried in the
+                background; revoking again is safe and publishes again).
+        """
         ...
 
 
@@ -283,6 +292,8 @@ class SessionService:
             Unauthenticated: Unknown, wrong, expired, already used (family revoked
                 unless a same-device race) or revoked token, or device mismatch.
             InvalidArgument: No device fingerprint.
+            Unavailable: A reuse revoked the family but it could not be announced yet
+                (the token is refused either way).
         """
         fingerprint = device_fingerprint_required(device)
         parsed = parse_refresh_token(presented)
@@ -370,6 +381,7 @@ class SessionService:
         Raises:
             NotFound: Unknown, or another organization's or mode's.
             PermissionDenied: Another consumer's session.
+            Unavailable: Revoked, but not yet announced to every replica: retry.
         """
         session = await self.get_session(organization_id, mode, session_id)
         if acting_consumer_id is not None and session.consumer_id != acting_consumer_id:
@@ -383,17 +395,10 @@ class SessionService:
         revoked = await self._sessions.revoke_session(
             organization_id, mode, session_id, reason, self._clock()
         )
-        await self._broadcast_revocations((session_id,))
+        # Committed first, announced second: a failed announcement fails the call
+        # (UNAVAILABLE) rather than leave cached tokens working; a retry announces again.
+        await self._revocations.sessions_revoked(organization_id, mode, (session_id,))
         return revoked
-
-    async def _broadcast_revocations(self, session_ids: Sequence[str]) -> None:
-        for session_id in session_ids:
-            try:
-                await self._revocations.session_revoked(session_id)
-            except Exception:  # the database already says revoked: replicas re-read it
-                self._logger.exception(
-                    "session revocation broadcast failed", extra={"session_id": session_id}
-                )
 
     async def list_live_sessions(
         self,
@@ -427,6 +432,8 @@ class SessionService:
 
         Raises:
             NotFound: Unknown consumer, or another organization's or mode's.
+            Unavailable: Erased, but the revocations not yet announced to every
+                replica: retry.
         """
         erasure = await self._consumers.erase_consumer(
             organization_id, mode, consumer_id, self._clock()
@@ -442,7 +449,9 @@ class SessionService:
                 "sessions_revoked": len(erasure.revoked_session_ids),
             },
         )
-        await self._broadcast_revocations(erasure.revoked_session_ids)
+        # Every session the erasure ended, by this call or an earlier one: a retry after
+        # UNAVAILABLE announces them again.
+        await self._revocations.sessions_revoked(organization_id, mode, erasure.ended_session_ids)
         return erasure
 
     async def _new_refresh_token(

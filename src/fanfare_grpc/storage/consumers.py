@@ -135,5 +135,14 @@ class SqlConsumerStore:
                 .returning(ConsumerSessionRow.session_id)
             )
             session_ids = tuple(revoked.all())
+            ended = await session.scalars(
+                select(ConsumerSessionRow.session_id).where(
+                    ConsumerSessionRow.org_id == organization_id,
+                    ConsumerSessionRow.mode == mode.value,
+                    ConsumerSessionRow.consumer_id == consumer_id,
+                    ConsumerSessionRow.revoke_reason == RevokeReason.CONSUMER_ERASED.value,
+                    ConsumerSessionRow.expires_at > now,
+                )
+            )
             await session.flush()
-            return Erasure(_consumer(row), session_ids)
+            return Erasure(_consumer(row), session_ids, tuple(ended.all()))
