@@ -39,6 +39,7 @@ from grpc import aio
 
 from fanfare_grpc import errors
 from fanfare_grpc.cache.protocols import KeyValueStore
+from fanfare_grpc.crypto import aead
 from fanfare_grpc.crypto.envelope import Envelope
 from fanfare_grpc.domain.access import KeyKind
 from fanfare_grpc.interceptors.call_state import current_call_state
@@ -335,5 +336,13 @@ class IdempotencyInterceptor(BehaviourInterceptor):
             raise errors.Aborted(OUTCOME_UNKNOWN)
         if "error" in record:
             raise _replayed_error(record["error"])
-        plaintext = await open_response(self._envelope, place, base64.b64decode(record["response"]))
+        try:
+            plaintext = await open_response(
+                self._envelope, place, base64.b64decode(record["response"])
+            )
+        except aead.DecryptionError:
+            # Not sealed for this mode and request (moved or tampered with): the
+            # call's outcome cannot be told, and it must not run again.
+            self._logger.warning("an idempotency record does not open for its request")
+            raise errors.Aborted(OUTCOME_UNKNOWN) from None
         return _response_class(method).FromString(plaintext)
