@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -344,3 +345,30 @@ async def test_an_outcome_that_could_not_be_stored_is_never_run_again(
     assert unknown.value.code() == grpc.StatusCode.ABORTED
     assert unknown.value.details() == OUTCOME_UNKNOWN
     assert (await _key_names(stub, admin)).count("unstored") == 1
+
+
+async def test_a_record_lost_by_the_cache_does_not_let_a_committed_call_run_again(
+    setup: tuple[RunningServer, MutableClock, NewOrganization, aio.Channel],
+) -> None:
+    server, clock, organization, channel = setup
+    admin = organization.test_admin_key.plaintext
+    stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+    request, metadata = _create("lost-record"), _metadata(admin, "create-lost-record")
+    assert (await stub.CreateApiKey(request, metadata=metadata)).secret
+    # The cache loses the record (Redis failover or flush, an embedded restart); the
+    # key was written in the call's own transaction, so the retry cannot commit again.
+    organization_id = organization.organization.organization_id
+    digest = hashlib.sha256(b"create-lost-record").hexdigest()
+    assert await server.application.cache.values.delete(
+        f"{organization_id}:test:idempotency:{digest}"
+    )
+    with pytest.raises(aio.AioRpcError) as retry:
+        await stub.CreateApiKey(request, metadata=metadata)
+    assert retry.value.code() == grpc.StatusCode.ABORTED
+    assert retry.value.details() == OUTCOME_UNKNOWN
+    assert (await _key_names(stub, admin)).count("lost-record") == 1
+    # The claim holds as long as a record would; then the key is free again.
+    clock.advance(dt.timedelta(hours=25))
+    for key in (f"{organization_id}:test:idempotency:{digest}",):
+        await server.application.cache.values.delete(key)
+    assert (await stub.CreateApiKey(request, metadata=metadata)).secret

@@ -8,6 +8,10 @@ organization's data key with associated data naming the mode, the key and the
 request fingerprint. Secrets in a response (a new API key, a signing secret) are
 shown exactly once: a replay returns the same response with them cleared.
 
+A keyed call's first committed database transaction also writes its key (see
+``domain.idempotency_claims``): should the cache lose the record, a second execution
+fails in its first transaction, rolled back, and answers ``OUTCOME_UNKNOWN``.
+
 An outcome is never forgotten once the call may have taken effect. The call runs in
 a task of its own, shielded from the caller: a client whose deadline passes (or who
 cancels) mid-call does not interrupt it, and its outcome is stored when it finishes.
@@ -42,6 +46,11 @@ from fanfare_grpc.cache.protocols import KeyValueStore
 from fanfare_grpc.crypto import aead
 from fanfare_grpc.crypto.envelope import Envelope
 from fanfare_grpc.domain.access import KeyKind
+from fanfare_grpc.domain.idempotency_claims import (
+    IdempotencyClaim,
+    KeyAlreadyCommitted,
+    claiming,
+)
 from fanfare_grpc.interceptors.call_state import current_call_state
 from fanfare_grpc.interceptors.wrapping import (
     BehaviourInterceptor,
@@ -275,8 +284,22 @@ class IdempotencyInterceptor(BehaviourInterceptor):
         record_key: str,
         place: RecordPlace,
     ) -> Any:
+        claim = IdempotencyClaim(
+            place.organization_id,
+            place.mode,
+            place.key_digest,
+            place.fingerprint,
+            self._clock(),
+            dt.timedelta(seconds=RECORD_TTL_SECONDS),
+        )
         try:
-            response = await behaviour(request, context)
+            with claiming(claim):
+                response = await behaviour(request, context)
+        except KeyAlreadyCommitted:
+            # The cache lost this key's record, but its first execution committed (its
+            # claim is in the database): this one was rolled back. Outcome unknown.
+            await self._finish(record_key, self._record(place, _UNKNOWN))
+            raise errors.Aborted(OUTCOME_UNKNOWN) from None
         except errors.Unavailable:
             # A backend failed mid-call: what was written before it is unknown.
             await self._finish(record_key, self._record(place, _UNKNOWN))
