@@ -272,7 +272,7 @@ class IdempotencyInterceptor(BehaviourInterceptor):
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._calls.discard(task)
         # Retrieve the outcome of a call whose caller left, so asyncio does not report
-        # an exception "never retrieved" (the call logged or recorded it already).
+        # an exception "never retrieved" (its record already says what a retry hears).
         if not task.cancelled():
             task.exception()
 
