@@ -73,3 +73,12 @@ class ResourceExhausted(FanfareError):
 
 class Unavailable(FanfareError):
     """A backend (database, cache) cannot be reached right now."""
+
+
+class RepeatableUnavailable(Unavailable):
+    """Unavailable after part of the call took effect, where repeating the call is safe.
+
+    The operation is idempotent by nature (a revocation) and a repeat completes what
+    this one could not (announcing it): an idempotency key must let the retry run again
+    rather than answer "outcome unknown".
+    """

@@ -46,10 +46,10 @@ class MethodPolicy:
         secret_roles: Roles of secret keys that may call it.
         consumer_token: With a publishable key, whether a consumer token is required.
         mutating: Changes state: ``idempotency-key`` applies (secret keys).
-        redeems: Spends a single-use grant (a handoff token). Such a call is never
-            answered from the idempotency store: a stored ``valid`` replayed for a
-            repeated key would grant the same token twice. A repeat is executed and
-            answers ``ALREADY_USED``.
+        redeems: Spends a single-use grant (a handoff token). Such a call keeps no
+            record in the idempotency store: the key goes to the redemption, which
+            stores it atomically with the grant, so a retry with the same key answers
+            the same OK and any other repeat (another key, no key) ``ALREADY_USED``.
     """
 
     public: bool = False

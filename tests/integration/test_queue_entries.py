@@ -227,9 +227,10 @@ async def test_handoff_token_redeems_once_and_carries_its_binding(qw: QueueWorld
     assert [event.data["consumer_id"] for event in redeemed] == [shopper.consumer_id]
 
 
-async def test_an_idempotency_key_never_replays_a_redemption(qw: QueueWorld) -> None:
-    # A merchant deriving the key from the token (or the cart) must not see the same
-    # token valid twice: redemption is never answered from the idempotency store.
+async def test_an_idempotency_key_replays_its_own_redemption_only(qw: QueueWorld) -> None:
+    # The key is stored with the redemption: the same key hears the same OK (a retry
+    # of a call whose answer was lost), any other key or no key ALREADY_USED, so the
+    # token is still granted to one caller only.
     queue_id = await qw.open_queue()
     shopper = await qw.shopper("device")
     await qw.enter(queue_id, shopper)
@@ -241,10 +242,60 @@ async def test_an_idempotency_key_never_replays_a_redemption(qw: QueueWorld) -> 
     assert first.valid
     for _ in range(2):
         again = await qw.stub.ValidateHandoffToken(request, metadata=metadata)
-        assert (again.valid, again.reason) == (
+        assert again == first
+    for other in ((*qw.operator(), ("idempotency-key", "cart-43")), qw.operator()):
+        refused = await qw.stub.ValidateHandoffToken(request, metadata=other)
+        assert (refused.valid, refused.reason) == (
             False,
             queue_pb2.HANDOFF_TOKEN_REASON_ALREADY_USED,
         )
+    redeemed = qw.world.server.application.events.of_type(events.HANDOFF_REDEEMED)
+    assert len(redeemed) == 1
+
+
+async def test_a_redemption_whose_answer_was_lost_is_retried_with_the_same_key(
+    qw: QueueWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The token is redeemed, then the merchant's deadline passes before the answer
+    # (the call is held after the redemption, at its event): the retry with the same
+    # idempotency key must hear OK, not ALREADY_USED for a checkout it never saw.
+    queue_id = await qw.open_queue()
+    shopper = await qw.shopper("device")
+    await qw.enter(queue_id, shopper)
+    await qw.admit(queue_id, 1)
+    token = (await qw.position(queue_id, shopper)).entry.handoff_token
+    publisher = qw.world.server.application.events
+    publish = publisher.publish
+    held, published = asyncio.Event(), asyncio.Event()
+
+    async def publish_late(event: events.DomainEvent) -> None:
+        if event.event_type == events.HANDOFF_REDEEMED:
+            await held.wait()
+        await publish(event)
+        if event.event_type == events.HANDOFF_REDEEMED:
+            published.set()
+
+    monkeypatch.setattr(publisher, "publish", publish_late)
+    request = queues.ValidateHandoffTokenRequest(handoff_token=token, queue_id=queue_id)
+    metadata = (*qw.operator(), ("idempotency-key", "checkout-7"))
+    with pytest.raises(grpc.aio.AioRpcError) as lost:
+        await qw.stub.ValidateHandoffToken(request, metadata=metadata, timeout=2.0)
+    assert lost.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    held.set()
+    retried = await qw.stub.ValidateHandoffToken(request, metadata=metadata)
+    assert (retried.valid, retried.reason, retried.consumer_id) == (
+        True,
+        queue_pb2.HANDOFF_TOKEN_REASON_OK,
+        shopper.consumer_id,
+    )
+    other = await qw.stub.ValidateHandoffToken(
+        request, metadata=(*qw.operator(), ("idempotency-key", "checkout-8"))
+    )
+    assert (other.valid, other.reason) == (False, queue_pb2.HANDOFF_TOKEN_REASON_ALREADY_USED)
+    # The first call ran to its end although its caller left: the event went out once.
+    await published.wait()
+    redeemed = publisher.of_type(events.HANDOFF_REDEEMED)
+    assert [event.data["consumer_id"] for event in redeemed] == [shopper.consumer_id]
 
 
 async def test_fifty_concurrent_validations_redeem_once(qw: QueueWorld) -> None:

@@ -493,6 +493,32 @@ async def test_redeem_succeeds_once(store: QueueStateStore) -> None:
     )
 
 
+async def test_a_redemption_key_is_stored_with_the_redemption(store: QueueStateStore) -> None:
+    admitted = await admit_one(store, "alice")
+    token = str(admitted.handoff_token_id)
+    ok = await store.redeem(QUEUE, "alice", token, T0 + 1.5, "key-a")
+    assert (ok.outcome, ok.replayed) == (RedeemOutcome.OK, False)
+    # The same key, even past the token's expiry or after completion: OK, replayed.
+    for now in (T0 + 2, T0 + 1000):
+        again = await store.redeem(QUEUE, "alice", token, now, "key-a")
+        assert (again.outcome, again.replayed, again.entry) == (RedeemOutcome.OK, True, ok.entry)
+    # Another key or none: the grant is spent.
+    for other in ("key-b", None):
+        refused = await store.redeem(QUEUE, "alice", token, T0 + 2, other)
+        assert (refused.outcome, refused.replayed) == (RedeemOutcome.ALREADY_USED, False)
+    await store.complete(QUEUE, "alice", T0 + 3)
+    assert (await store.redeem(QUEUE, "alice", token, T0 + 4, "key-a")).outcome is (
+        RedeemOutcome.OK
+    )
+    # A redemption without a key leaves nothing any key could replay.
+    bob = await admit_one(store, "bob")
+    bob_token = str(bob.handoff_token_id)
+    assert (await store.redeem(QUEUE, "bob", bob_token, T0 + 2)).outcome is RedeemOutcome.OK
+    assert (await store.redeem(QUEUE, "bob", bob_token, T0 + 3, "")).outcome is (
+        RedeemOutcome.ALREADY_USED
+    )
+
+
 async def test_redeem_after_the_token_expired(store: QueueStateStore) -> None:
     admitted = await admit_one(store, "alice")
     token = str(admitted.handoff_token_id)

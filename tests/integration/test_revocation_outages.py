@@ -211,6 +211,38 @@ async def test_revoke_answers_unavailable_when_the_marker_is_lost_and_a_retry_co
     await assert_revoked(world, guest.access_token)
 
 
+async def test_a_revoke_with_an_idempotency_key_is_completed_by_a_retry_with_that_key(
+    flaky: FlakyWorld,
+) -> None:
+    """UNAVAILABLE from a revoke means "repeat me", not "outcome unknown": a retry with
+    the same idempotency key runs the revoke again (writing the marker), where any other
+    call that failed mid-way would answer ABORTED for the key's 24 h."""
+    world = flaky.world
+    guest = await world.guest(device=DEVICE)
+    await get_session(world, guest.access_token)
+    keyed = (*bearer(world.acme.secret_key), ("idempotency-key", "revoke-guest-1"))
+
+    async def revoke() -> sessions.RevokeSessionResponse:
+        response: sessions.RevokeSessionResponse = await world.sessions.RevokeSession(
+            sessions.RevokeSessionRequest(session_id=guest.session.session_id), metadata=keyed
+        )
+        return response
+
+    flaky.markers.broken = True
+    error = await expect_status(revoke(), UNAVAILABLE)
+    assert error.details() == MARKER_NOT_WRITTEN
+    # Still down: the retry runs again and says so again.
+    error = await expect_status(revoke(), UNAVAILABLE)
+    assert error.details() == MARKER_NOT_WRITTEN
+    flaky.markers.broken = False
+    completed = await revoke()
+    assert completed.session.HasField("revoked_at")
+    assert await marker_written(flaky, guest.session.session_id)
+    # Now it has an outcome: replayed, not run again.
+    assert await revoke() == completed
+    await assert_revoked(world, guest.access_token)
+
+
 async def test_a_lost_marker_is_written_by_the_background_retry(flaky: FlakyWorld) -> None:
     world = flaky.world
     guest = await world.guest(device=DEVICE)

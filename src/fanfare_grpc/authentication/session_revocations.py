@@ -124,7 +124,7 @@ class SessionRevocations:
             self._pending.setdefault(key, self._monotonic() + self._marker_seconds)
             failed = not await self._write(key) or failed
         if failed:
-            raise errors.Unavailable(MARKER_NOT_WRITTEN)
+            raise errors.RepeatableUnavailable(MARKER_NOT_WRITTEN)
 
     async def standing(
         self, organization_id: str, mode: Mode, session_id: str, confirmed_at: float

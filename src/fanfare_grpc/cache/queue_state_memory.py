@@ -58,6 +58,7 @@ class _Entry:
         "handoff_token_id",
         "pre_queue",
         "redeemed_at",
+        "redeemed_with",
         "score",
         "session_id",
         "status",
@@ -75,6 +76,8 @@ class _Entry:
         self.handoff_token_id: str | None = None
         self.handoff_expires_at: float | None = None
         self.redeemed_at: float | None = None
+        # The redemption key that redeemed the token (its retries get OK again).
+        self.redeemed_with: str | None = None
         self.ended_at: float | None = None
         self.score = score
 
@@ -277,7 +280,12 @@ class MemoryQueueStateStore:
         return expired
 
     async def redeem(
-        self, queue: QueueRef, consumer_id: str, token_id: str, now: float
+        self,
+        queue: QueueRef,
+        consumer_id: str,
+        token_id: str,
+        now: float,
+        redemption_key: str | None = None,
     ) -> RedeemResult:
         state = self._queues.get(queue)
         entry = None if state is None else state.entries.get(consumer_id)
@@ -287,6 +295,8 @@ class MemoryQueueStateStore:
         if entry.handoff_token_id != token_id or status in (EntryStatus.DENIED, _LEFT):
             return RedeemResult(RedeemOutcome.INVALID, entry.record())
         if entry.redeemed_at is not None:
+            if redemption_key and entry.redeemed_with == redemption_key:
+                return RedeemResult(RedeemOutcome.OK, entry.record(), replayed=True)
             return RedeemResult(RedeemOutcome.ALREADY_USED, entry.record())
         if status is EntryStatus.EXPIRED:
             return RedeemResult(RedeemOutcome.EXPIRED, entry.record())
@@ -298,6 +308,7 @@ class MemoryQueueStateStore:
             return RedeemResult(RedeemOutcome.EXPIRED, entry.record())
         state.admitted.remove(entry.admitted_key())
         entry.redeemed_at = float(now)
+        entry.redeemed_with = redemption_key or None
         state.admitted.add(entry.admitted_key())
         return RedeemResult(RedeemOutcome.OK, entry.record())
 

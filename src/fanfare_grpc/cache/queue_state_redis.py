@@ -178,9 +178,10 @@ end
 return out
 """
 
-# ARGV: consumer, token id, now. -> {outcome, entry JSON or nil}
+# ARGV: consumer, token id, now, redemption key ('' for none).
+# -> {outcome, entry JSON or nil, 1 if replayed}
 _REDEEM = """
-local consumer, token_id, now = ARGV[1], ARGV[2], ARGV[3]
+local consumer, token_id, now, redemption_key = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local raw = redis.call('HGET', entries_key, consumer)
 if not raw then
   return {'invalid', false}
@@ -191,6 +192,9 @@ if entry.handoff_token_id ~= token_id or status == 'denied' or status == 'left' 
   return {'invalid', raw}
 end
 if entry.redeemed_at then
+  if redemption_key ~= '' and entry.redeemed_with == redemption_key then
+    return {'ok', raw, 1}
+  end
   return {'already_used', raw}
 end
 if status == 'expired' then
@@ -203,6 +207,9 @@ if tonumber(entry.handoff_expires_at) <= tonumber(now) then
   return {'expired', raw}
 end
 entry.redeemed_at = now
+if redemption_key ~= '' then
+  entry.redeemed_with = redemption_key
+end
 redis.call('ZADD', admitted_key, '+inf', consumer)
 return {'ok', save(consumer, entry)}
 """
@@ -409,13 +416,20 @@ class RedisQueueStateStore:
         return _decode_pairs(reply)
 
     async def redeem(
-        self, queue: QueueRef, consumer_id: str, token_id: str, now: float
+        self,
+        queue: QueueRef,
+        consumer_id: str,
+        token_id: str,
+        now: float,
+        redemption_key: str | None = None,
     ) -> RedeemResult:
-        outcome, raw = await self._redeem(
-            keys=self.keys(queue), args=[consumer_id, token_id, _number(now)]
+        reply = await self._redeem(
+            keys=self.keys(queue),
+            args=[consumer_id, token_id, _number(now), redemption_key or ""],
         )
+        outcome, raw = reply[0], reply[1] if len(reply) > 1 else None
         entry = None if raw is None else _decode(consumer_id, raw)
-        return RedeemResult(RedeemOutcome(_text(outcome)), entry)
+        return RedeemResult(RedeemOutcome(_text(outcome)), entry, replayed=len(reply) > 2)
 
     async def counters(self, queue: QueueRef, now: float, window_seconds: float) -> QueueCounters:
         (

@@ -380,9 +380,19 @@ class QueueEntries:
         return await self._position(queue, EntryView(entry, None))
 
     async def validate_handoff(
-        self, organization_id: str, mode: str, token: str, expected_queue_id: str | None
+        self,
+        organization_id: str,
+        mode: str,
+        token: str,
+        expected_queue_id: str | None,
+        redemption_key: str | None = None,
     ) -> HandoffCheck:
-        """Redeem a handoff token (once). Never raises for a bad token: INVALID."""
+        """Redeem a handoff token (once). Never raises for a bad token: INVALID.
+
+        ``redemption_key`` (the digest of the caller's idempotency key) is stored with
+        the redemption: the same key gets OK again, so a merchant whose answer was lost
+        can retry; any other call gets ALREADY_USED.
+        """
         now = self._clock()
         try:
             claims = verify_handoff_token(
@@ -404,7 +414,7 @@ class QueueEntries:
             return HandoffCheck(HandoffVerdict.INVALID)
         ref = QueueRef(organization_id, mode, claims.queue_id)
         redeemed = await self._state.redeem(
-            ref, claims.consumer_id, claims.token_id, _timestamp(now)
+            ref, claims.consumer_id, claims.token_id, _timestamp(now), redemption_key
         )
         verdict = {
             RedeemOutcome.OK: HandoffVerdict.OK,
@@ -412,7 +422,7 @@ class QueueEntries:
             RedeemOutcome.EXPIRED: HandoffVerdict.EXPIRED,
             RedeemOutcome.INVALID: HandoffVerdict.INVALID,
         }[redeemed.outcome]
-        if verdict is HandoffVerdict.OK:
+        if verdict is HandoffVerdict.OK and not redeemed.replayed:
             await self._events.publish(
                 DomainEvent(
                     event_types.HANDOFF_REDEEMED,

@@ -131,10 +131,15 @@ class RedeemOutcome(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class RedeemResult:
-    """``redeem`` outcome and the entry as it is afterwards (None if there is none)."""
+    """``redeem`` outcome and the entry as it is afterwards (None if there is none).
+
+    ``replayed``: OK because this redemption key already redeemed the token (a retry
+    of a call whose answer was lost), not a second redemption.
+    """
 
     outcome: RedeemOutcome
     entry: EntryRecord | None = None
+    replayed: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,12 +227,21 @@ class QueueStateStore(Protocol):
         ...
 
     async def redeem(
-        self, queue: QueueRef, consumer_id: str, token_id: str, now: float
+        self,
+        queue: QueueRef,
+        consumer_id: str,
+        token_id: str,
+        now: float,
+        redemption_key: str | None = None,
     ) -> RedeemResult:
         """Redeem the handoff token ``token_id`` once: OK the first time while ADMITTED
         and unexpired (``redeemed_at`` set); ALREADY_USED after; EXPIRED if past
         ``handoff_expires_at`` or the entry is EXPIRED; INVALID otherwise. A redeemed
-        entry never expires."""
+        entry never expires.
+
+        ``redemption_key`` (an idempotency key's digest) is stored with the redemption
+        in the same atomic step: a later call with the same key gets OK again
+        (``replayed``), any other call ALREADY_USED."""
         ...
 
     async def deny(self, queue: QueueRef, consumer_id: str, now: float) -> Transition | None:

@@ -39,6 +39,8 @@ class CallState:
         client_host: The client limits count the caller as (its IPv4 address or IPv6 /64),
             for keyed digests only (never stored).
         device_fingerprint: The raw ``x-fanfare-device`` value, for keyed digests only.
+        idempotency_key_digest: On a call that redeems a grant, the digest of its
+            ``idempotency-key``: the redemption records it atomically with the grant.
     """
 
     method: str
@@ -49,6 +51,7 @@ class CallState:
     principal: Principal | None = None
     client_host: str = ""
     device_fingerprint: str | None = dataclasses.field(default=None, repr=False)
+    idempotency_key_digest: str | None = None
 
     def add_response_header(self, key: str, value: str) -> None:
         """Queue one initial-metadata entry (ignored once headers went out)."""

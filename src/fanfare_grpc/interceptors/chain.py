@@ -53,5 +53,6 @@ def build_interceptor_chain(application: Application) -> list[aio.ServerIntercep
             application.cache.values,
             application.envelope,
             application.logger,
+            application.clock,
         ),
     ]

@@ -4,20 +4,38 @@ Same key + same request within 24 h → the stored outcome (response or domain
 error); same key + different request → INVALID_ARGUMENT; same key while the first
 call still runs → ABORTED. Records live in the cache backend (shared by replicas
 with Redis), scoped by organization and mode, the response sealed under the
-organization's data key. Secrets in a response (a new API key, a signing secret)
-are shown exactly once: a replay returns the same response with them cleared.
-Calls that redeem a single-use grant are never replayed (``MethodPolicy.redeems``).
+organization's data key with associated data naming the mode, the key and the
+request fingerprint. Secrets in a response (a new API key, a signing secret) are
+shown exactly once: a replay returns the same response with them cleared.
+
+A keyed call's first committed database transaction also writes its key (see
+``domain.idempotency_claims``): should the cache lose the record, a second execution
+fails in its first transaction, rolled back, and answers ``OUTCOME_UNKNOWN``.
+
+An outcome is never forgotten once the call may have taken effect. The call runs in
+a task of its own, shielded from the caller: a client whose deadline passes (or who
+cancels) mid-call does not interrupt it, and its outcome is stored when it finishes.
+When the outcome cannot be known (an outage or a bug mid-call, or a running marker
+left by a server that stopped), the key answers ABORTED with ``OUTCOME_UNKNOWN``
+until the record expires, never a second execution.
+
+Calls that redeem a single-use grant (``MethodPolicy.redeems``) keep no record here:
+the key's digest goes to the redemption itself (``CallState.idempotency_key_digest``),
+which stores it atomically with the grant, so a retry with the same key gets the same
+OK and any other caller ``ALREADY_USED``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import contextlib
+import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
@@ -25,8 +43,14 @@ from grpc import aio
 
 from fanfare_grpc import errors
 from fanfare_grpc.cache.protocols import KeyValueStore
+from fanfare_grpc.crypto import aead
 from fanfare_grpc.crypto.envelope import Envelope
 from fanfare_grpc.domain.access import KeyKind
+from fanfare_grpc.domain.idempotency_claims import (
+    IdempotencyClaim,
+    KeyAlreadyCommitted,
+    claiming,
+)
 from fanfare_grpc.interceptors.call_state import current_call_state
 from fanfare_grpc.interceptors.wrapping import (
     BehaviourInterceptor,
@@ -37,8 +61,15 @@ from fanfare_grpc.permissions import MethodPolicy
 HEADER = "idempotency-key"
 MAX_KEY_LENGTH = 255
 RECORD_TTL_SECONDS = 24 * 3600.0
-# A crashed call must not block its key for a day: the running marker expires.
-RUNNING_TTL_SECONDS = 300.0
+# A running marker older than this belongs to a call whose server stopped before it
+# stored an outcome: retries hear OUTCOME_UNKNOWN instead of "in progress". The marker
+# itself lives as long as a record (expiring earlier would let a retry run the call
+# again after it may have taken effect).
+RUNNING_WINDOW_SECONDS = 300.0
+OUTCOME_UNKNOWN = (
+    "the earlier call with this idempotency key may have taken effect, but its outcome "
+    "is unknown: check the resource's state before retrying with a new idempotency key"
+)
 SECRET_RESPONSE_FIELDS = frozenset(
     {
         "secret",
@@ -52,6 +83,52 @@ SECRET_RESPONSE_FIELDS = frozenset(
 )
 _RUNNING = "running"
 _DONE = "done"
+_UNKNOWN = "unknown"
+# Took effect in part and answered UNAVAILABLE, but repeating it is safe and completes
+# it (errors.RepeatableUnavailable): a retry with the key runs the call again.
+_REPEATABLE = "repeatable"
+_SEALED_TABLE = "idempotency"
+_SEALED_COLUMN = "response"
+_T = TypeVar("_T")
+Clock = Callable[[], dt.datetime]
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordPlace:
+    """Where one idempotency record belongs: a stored response opens only there.
+
+    The associated data names the organization (the data key's), the mode, the
+    key's digest and the request's fingerprint, so a sealed response copied to
+    another mode's or another request's record does not open.
+    """
+
+    organization_id: str
+    mode: str
+    key_digest: str
+    fingerprint: str
+
+    @property
+    def row_id(self) -> str:
+        """The envelope's row: everything but the organization (already bound)."""
+        return f"{self.mode}:{self.key_digest}:{self.fingerprint}"
+
+
+async def seal_response(envelope: Envelope, place: RecordPlace, plaintext: bytes) -> bytes:
+    """Seal a stored response for exactly this record."""
+    return await envelope.encrypt(
+        place.organization_id, _SEALED_TABLE, _SEALED_COLUMN, place.row_id, plaintext
+    )
+
+
+async def open_response(envelope: Envelope, place: RecordPlace, sealed: bytes) -> bytes:
+    """Open a response sealed by ``seal_response`` for the same place.
+
+    Raises:
+        aead.DecryptionError: Sealed for another organization, mode, key or request.
+    """
+    return await envelope.decrypt(
+        place.organization_id, _SEALED_TABLE, _SEALED_COLUMN, place.row_id, sealed
+    )
 
 
 def _response_class(method: str) -> type[Message]:
@@ -137,11 +214,16 @@ class IdempotencyInterceptor(BehaviourInterceptor):
         records: KeyValueStore,
         envelope: Envelope,
         logger: logging.Logger,
+        clock: Clock,
     ) -> None:
         self._logger = logger
         self._permissions = permissions
         self._records = records
         self._envelope = envelope
+        self._clock = clock
+        # Calls that outlive their caller: referenced until they finish (the event
+        # loop keeps only weak references to tasks).
+        self._calls: set[asyncio.Task[Any]] = set()
 
     async def around_unary(
         self,
@@ -151,104 +233,167 @@ class IdempotencyInterceptor(BehaviourInterceptor):
         method: str,
     ) -> Any:
         policy = self._permissions.get(method)
-        principal = current_call_state().principal
+        state = current_call_state()
+        principal = state.principal
         key = _idempotency_key(context)
         if (
             key is None
             or policy is None
             or not policy.mutating
-            or policy.redeems
             or principal is None
             or principal.key_kind is not KeyKind.SECRET
             or not isinstance(request, Message)
         ):
             return await behaviour(request, context)
-        organization_id, mode = principal.tenant()
         key_digest = hashlib.sha256(key.encode()).hexdigest()
+        if policy.redeems:
+            # The redemption stores the key with the grant, in one atomic step.
+            state.idempotency_key_digest = key_digest
+            return await self._shielded(behaviour(request, context))
+        organization_id, mode = principal.tenant()
         record_key = f"{organization_id}:{mode.value}:idempotency:{key_digest}"
         fingerprint = hashlib.sha256(
             method.encode() + b"\x00" + request.SerializeToString(deterministic=True)
         ).hexdigest()
+        place = RecordPlace(organization_id, mode.value, key_digest, fingerprint)
 
-        running = json.dumps({"state": _RUNNING, "fingerprint": fingerprint})
-        if not await self._records.set_if_absent(record_key, running, RUNNING_TTL_SECONDS):
-            return await self._replay(record_key, fingerprint, method, organization_id, key_digest)
+        running = self._record(place, _RUNNING, started_at=self._clock().timestamp())
+        # The marker lives as long as a record: were it to expire while the call's
+        # outcome is unknown, a retry would run the call a second time.
+        if await self._records.set_if_absent(record_key, running, RECORD_TTL_SECONDS):
+            # From here on the call may take effect: it runs to its end and records its
+            # outcome even if the caller goes away (deadline, cancel) meanwhile.
+            return await self._shielded(
+                self._execute(behaviour, request, context, record_key, place, claim=True)
+            )
+        if await self._repeatable(record_key, place):
+            # Its first transaction committed the key's claim already: a repeat must
+            # not claim it again (it would be refused as a second execution).
+            return await self._shielded(
+                self._execute(behaviour, request, context, record_key, place, claim=False)
+            )
+        return await self._replay(record_key, place, method)
+
+    async def _shielded(self, call: Awaitable[_T]) -> _T:
+        task: asyncio.Task[_T] = asyncio.ensure_future(call)
+        self._calls.add(task)
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._calls.discard(task)
+        # Retrieve the outcome of a call whose caller left, so asyncio does not report
+        # an exception "never retrieved" (its record already says what a retry hears).
+        if not task.cancelled():
+            task.exception()
+
+    async def _execute(
+        self,
+        behaviour: UnaryBehaviour,
+        request: Any,
+        context: aio.ServicerContext[Any, Any],
+        record_key: str,
+        place: RecordPlace,
+        *,
+        claim: bool,
+    ) -> Any:
+        key_claim = IdempotencyClaim(
+            place.organization_id,
+            place.mode,
+            place.key_digest,
+            place.fingerprint,
+            self._clock(),
+            dt.timedelta(seconds=RECORD_TTL_SECONDS),
+        )
         try:
-            response = await behaviour(request, context)
-        except errors.FanfareError as error:
-            if isinstance(error, errors.Unavailable):
-                await self._forget(record_key)
+            if claim:
+                with claiming(key_claim):
+                    response = await behaviour(request, context)
             else:
-                await self._store_or_forget(
-                    record_key, fingerprint, {"error": _stored_error(error)}
-                )
+                response = await behaviour(request, context)
+        except KeyAlreadyCommitted:
+            # The cache lost this key's record, but its first execution committed (its
+            # claim is in the database): this one was rolled back. Outcome unknown.
+            await self._finish(record_key, self._record(place, _UNKNOWN))
+            raise errors.Aborted(OUTCOME_UNKNOWN) from None
+        except errors.RepeatableUnavailable:
+            # Took effect in part, and a repeat completes it: let the retry run again.
+            await self._finish(record_key, self._record(place, _REPEATABLE))
+            raise
+        except errors.Unavailable:
+            # A backend failed mid-call: what was written before it is unknown.
+            await self._finish(record_key, self._record(place, _UNKNOWN))
+            raise
+        except errors.FanfareError as error:
+            # A domain error: the call's own transaction rolled back; replay the error.
+            await self._finish(record_key, self._record(place, _DONE, error=_stored_error(error)))
             raise
         except BaseException:
-            # Not a definite outcome (crash, cancellation, outage): the client retries.
-            await self._forget(record_key)
+            # An outage, a bug or a stopping server mid-call: it may have taken effect.
+            await self._finish(record_key, self._record(place, _UNKNOWN))
             raise
         try:
-            sealed = await self._envelope.encrypt(
-                organization_id,
-                "idempotency",
-                "response",
-                key_digest,
-                _without_secrets(response).SerializeToString(),
+            sealed = await seal_response(
+                self._envelope, place, _without_secrets(response).SerializeToString()
             )
         except Exception:
             self._logger.warning("could not seal an idempotent response", exc_info=True)
-            await self._forget(record_key)
+            # It succeeded, but a retry cannot be told how: never run it again.
+            await self._finish(record_key, self._record(place, _UNKNOWN))
             return response
-        await self._store_or_forget(
-            record_key, fingerprint, {"response": base64.b64encode(sealed).decode()}
+        await self._finish(
+            record_key,
+            self._record(place, _DONE, response=base64.b64encode(sealed).decode()),
         )
         return response
 
-    async def _store_or_forget(
-        self, record_key: str, fingerprint: str, outcome: dict[str, Any]
-    ) -> None:
-        """Store the outcome; if that fails, drop the running marker instead.
+    @staticmethod
+    def _record(place: RecordPlace, state: str, **fields: Any) -> str:
+        return json.dumps({"state": state, "fingerprint": place.fingerprint, **fields})
 
-        The call itself is over: its result goes back to the client either way, and
-        a retry must not stay ABORTED for minutes.
+    async def _finish(self, record_key: str, record: str) -> None:
+        """Replace the running marker with the outcome.
+
+        If that write fails the marker stays (for as long as a record would): retries
+        hear ABORTED, "in progress" and then ``OUTCOME_UNKNOWN``, never a second run.
+        Deleting it instead would let a retry repeat a call that took effect.
         """
         try:
-            await self._store(record_key, fingerprint, outcome)
+            await self._records.set(record_key, record, RECORD_TTL_SECONDS)
         except Exception:
             self._logger.warning("could not store an idempotent outcome", exc_info=True)
-            await self._forget(record_key)
 
-    async def _forget(self, record_key: str) -> None:
-        with contextlib.suppress(Exception):
-            await self._records.delete(record_key)
+    async def _repeatable(self, record_key: str, place: RecordPlace) -> bool:
+        """Whether the key's call answered ``RepeatableUnavailable`` (same request)."""
+        raw = await self._records.get(record_key)
+        if raw is None:
+            return False
+        record = json.loads(raw)
+        return bool(record["state"] == _REPEATABLE and record["fingerprint"] == place.fingerprint)
 
-    async def _store(self, record_key: str, fingerprint: str, outcome: dict[str, Any]) -> None:
-        record = {"state": _DONE, "fingerprint": fingerprint, **outcome}
-        await self._records.set(record_key, json.dumps(record), RECORD_TTL_SECONDS)
-
-    async def _replay(
-        self,
-        record_key: str,
-        fingerprint: str,
-        method: str,
-        organization_id: str,
-        key_digest: str,
-    ) -> Any:
+    async def _replay(self, record_key: str, place: RecordPlace, method: str) -> Any:
         raw = await self._records.get(record_key)
         if raw is None:
             raise errors.Aborted("a request with this idempotency key just finished; retry")
         record = json.loads(raw)
-        if record["fingerprint"] != fingerprint:
+        if record["fingerprint"] != place.fingerprint:
             raise _bad_key("already used with a different request")
         if record["state"] == _RUNNING:
-            raise errors.Aborted("a request with this idempotency key is still in progress")
+            started_at = float(record.get("started_at", 0.0))
+            if self._clock().timestamp() - started_at < RUNNING_WINDOW_SECONDS:
+                raise errors.Aborted("a request with this idempotency key is still in progress")
+            raise errors.Aborted(OUTCOME_UNKNOWN)
+        if record["state"] == _UNKNOWN:
+            raise errors.Aborted(OUTCOME_UNKNOWN)
         if "error" in record:
             raise _replayed_error(record["error"])
-        plaintext = await self._envelope.decrypt(
-            organization_id,
-            "idempotency",
-            "response",
-            key_digest,
-            base64.b64decode(record["response"]),
-        )
+        try:
+            plaintext = await open_response(
+                self._envelope, place, base64.b64decode(record["response"])
+            )
+        except aead.DecryptionError:
+            # Not sealed for this mode and request (moved or tampered with): the
+            # call's outcome cannot be told, and it must not run again.
+            self._logger.warning("an idempotency record does not open for its request")
+            raise errors.Aborted(OUTCOME_UNKNOWN) from None
         return _response_class(method).FromString(plaintext)

@@ -21,3 +21,8 @@ def client_host() -> str:
 def device_fingerprint() -> str | None:
     """The caller's raw ``x-fanfare-device`` (read once, by authentication)."""
     return current_call_state().device_fingerprint
+
+
+def redemption_key() -> str | None:
+    """The digest of the call's idempotency key, on a call that redeems a grant."""
+    return current_call_state().idempotency_key_digest

@@ -17,7 +17,7 @@ from fanfare_grpc.domain.queue_state import EntryStatus
 from fanfare_grpc.domain.queues import Queue as QueueConfig
 from fanfare_grpc.domain.queues import QueueChanges, QueueStatus
 from fanfare_grpc.servicers import convert
-from fanfare_grpc.servicers.principal import client_host, current_principal
+from fanfare_grpc.servicers.principal import client_host, current_principal, redemption_key
 
 _QUEUE_STATUSES = {
     QueueStatus.DRAFT: queue_pb2.QUEUE_STATUS_DRAFT,
@@ -297,6 +297,7 @@ class QueueServicer(queue_service_pb2_grpc.QueueServiceServicer):
             mode.value,
             request.handoff_token,
             request.queue_id if request.HasField("queue_id") else None,
+            redemption_key(),
         )
         response = queue_service_pb2.ValidateHandoffTokenResponse(
             valid=check.verdict is HandoffVerdict.OK, reason=_HANDOFF_REASONS[check.verdict]

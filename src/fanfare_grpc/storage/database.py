@@ -19,7 +19,9 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from fanfare_grpc.backends import backend_error_reason
+from fanfare_grpc.domain.idempotency_claims import current_claim
 from fanfare_grpc.private_files import prepare_sqlite_file
+from fanfare_grpc.storage.idempotency_commits import record_claim
 from fanfare_grpc.storage.postgres import ORG_SETTING, SWITCH_TO_APP_ROLE_SQL
 
 _ASYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite+aiosqlite"}
@@ -182,14 +184,28 @@ class Database:
 
         ``None`` scopes it to no organization: organization tables look empty (used
         only for the pre-authentication key lookup).
+
+        In a call with an idempotency key, the first transaction that commits also
+        writes the key (``idempotency_claims``): a second execution with the same key
+        fails in its first transaction, before it can commit anything.
+
+        Raises:
+            KeyAlreadyCommitted: Another execution with this call's key committed.
         """
+        claim = current_claim()
+        if claim is not None and (claim.committed or claim.organization_id != organization_id):
+            claim = None
         async with self.sessions.begin() as session:
             if self.dialect == "postgresql":
                 await session.execute(
                     text(f"SELECT set_config('{ORG_SETTING}', :organization_id, true)"),
                     {"organization_id": organization_id or ""},
                 )
+            if claim is not None:
+                await record_claim(session, self.dialect, claim)
             yield session
+        if claim is not None:
+            claim.committed = True
 
     @property
     def dialect(self) -> str:

@@ -231,3 +231,21 @@ class QueueScheduleRow(Base):
     opens_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
     closes_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
     closed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+
+
+class IdempotencyCommitRow(Base):
+    """An idempotency key whose call committed a transaction (written in that same
+    transaction), so the call cannot commit twice even if the cache loses its record.
+    Only digests: the key and the request are never stored."""
+
+    __tablename__ = "idempotency_commits"
+    __table_args__ = (
+        ForeignKeyConstraint(["org_id"], ["organizations.org_id"], ondelete="CASCADE"),
+        _PARTITIONED,
+    )
+
+    org_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(8), primary_key=True)
+    key_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    committed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())

@@ -142,7 +142,8 @@ class QueueServiceStub:
     ValidateHandoffToken: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.ValidateHandoffTokenRequest, _queue_service_pb2.ValidateHandoffTokenResponse]
     """Redeems a handoff token atomically (exactly one concurrent call gets valid = true);
     answers with valid/reason instead of failing on a bad token. An idempotency-key is
-    never replayed here: a repeat is executed again and answers ALREADY_USED.
+    stored with the redemption: a retry with the same key answers the same valid = true,
+    a repeat with another key or none ALREADY_USED.
     Caller: sk with role ADMIN, OPERATOR or CHECKOUT, same organization and mode as the
     token (READONLY and AUDITOR keys get PERMISSION_DENIED: redeeming burns the grant).
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an sk), INVALID_ARGUMENT (empty or
@@ -269,7 +270,8 @@ class QueueServiceAsyncStub(QueueServiceStub):
     ValidateHandoffToken: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.ValidateHandoffTokenRequest, _queue_service_pb2.ValidateHandoffTokenResponse]  # type: ignore[assignment]
     """Redeems a handoff token atomically (exactly one concurrent call gets valid = true);
     answers with valid/reason instead of failing on a bad token. An idempotency-key is
-    never replayed here: a repeat is executed again and answers ALREADY_USED.
+    stored with the redemption: a retry with the same key answers the same valid = true,
+    a repeat with another key or none ALREADY_USED.
     Caller: sk with role ADMIN, OPERATOR or CHECKOUT, same organization and mode as the
     token (READONLY and AUDITOR keys get PERMISSION_DENIED: redeeming burns the grant).
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an sk), INVALID_ARGUMENT (empty or
@@ -489,7 +491,8 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_queue_service_pb2.ValidateHandoffTokenResponse, _abc.Awaitable[_queue_service_pb2.ValidateHandoffTokenResponse]]:
         """Redeems a handoff token atomically (exactly one concurrent call gets valid = true);
         answers with valid/reason instead of failing on a bad token. An idempotency-key is
-        never replayed here: a repeat is executed again and answers ALREADY_USED.
+        stored with the redemption: a retry with the same key answers the same valid = true,
+        a repeat with another key or none ALREADY_USED.
         Caller: sk with role ADMIN, OPERATOR or CHECKOUT, same organization and mode as the
         token (READONLY and AUDITOR keys get PERMISSION_DENIED: redeeming burns the grant).
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an sk), INVALID_ARGUMENT (empty or
