@@ -33,7 +33,7 @@ from fanfare_grpc.domain.api_key_service import ApiKeyService
 from fanfare_grpc.domain.events import RecordingEventPublisher
 from fanfare_grpc.domain.passwordless import CodeSenders, PasswordlessLogin
 from fanfare_grpc.domain.position_feed import PositionFeed
-from fanfare_grpc.domain.queue_admission import QueueWorker
+from fanfare_grpc.domain.queue_admission import QueueWorker, TickClock
 from fanfare_grpc.domain.queue_config import QueueConfigService
 from fanfare_grpc.domain.queue_entries import QueueEntries, QueueStateDropper
 from fanfare_grpc.domain.queues import MAX_HANDOFF_TTL
@@ -86,6 +86,16 @@ def redis_location(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}/{database}"
 
 
+def shared_tick_clock(cache: Cache, clock: Clock) -> TickClock:
+    """The cache's clock (one for every worker of the deployment), else ``clock``."""
+
+    async def now() -> float:
+        shared = await cache.shared_time()
+        return clock().timestamp() if shared is None else shared
+
+    return now
+
+
 @dataclasses.dataclass
 class Application:
     """The dependencies one process shares between its servicers and workers."""
@@ -122,8 +132,12 @@ class Application:
         *,
         permissions: Mapping[str, MethodPolicy] = PERMISSIONS,
         clock: Clock = utc_now,
+        tick_clock: TickClock | None = None,
     ) -> Application:
         """Create (but do not yet connect) every dependency.
+
+        ``tick_clock`` numbers the admission ticks; by default the cache's shared clock
+        (Redis ``TIME``), or ``clock`` with the in-process cache.
 
         Raises:
             MasterKeyError: The master key configuration is unusable.
@@ -252,7 +266,13 @@ class Application:
                 ),
             ),
             queue_worker=QueueWorker(
-                queue_store, queue_config, queue_entries, cache.values, clock=clock, logger=logger
+                queue_store,
+                queue_config,
+                queue_entries,
+                cache.values,
+                clock=clock,
+                tick_clock=tick_clock or shared_tick_clock(cache, clock),
+                logger=logger,
             ),
         )
 

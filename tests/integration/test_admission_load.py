@@ -20,13 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from fanfare_grpc.domain.queue_entries import queue_ref
-from fanfare_grpc.domain.queue_state import EnterOutcome, EntryRecord, EntryStatus
 from tests.conftest import embedded_settings
 from tests.consumers import serving_consumer_world
 from tests.private_redis import private_redis
 from tests.processes import REPO_ROOT
-from tests.queues import QueueWorld
+from tests.queues import QueueWorld, seed_waiting
 
 CONSUMERS = 10_000
 P99_BOUND_SECONDS = 0.050
@@ -50,31 +48,6 @@ async def qw(tmp_path: Path, postgres_url: str, redis_url: str) -> AsyncIterator
     )
     async with serving_consumer_world(settings, run_worker=False) as world:
         yield QueueWorld(world)
-
-
-async def _seed(qw: QueueWorld, queue_id: str, count: int) -> None:
-    """``count`` waiting consumers, entered through the store (10,000 sign-ins through
-    the API would take minutes and test nothing more here)."""
-    application = qw.world.server.application
-    organization_id = qw.world.acme.organization.organization.organization_id
-    queue = await application.queue_config.get(organization_id, "test", queue_id)
-    store, ref = application.cache.queue_states, queue_ref(queue)
-    entered_at = qw.world.clock().timestamp()
-    slots = asyncio.Semaphore(64)
-
-    async def enter(index: int) -> None:
-        record = EntryRecord(
-            consumer_id=f"cons_load{index:06d}",
-            session_id=f"sess_load{index:06d}",
-            device_hash=f"device-{index:06d}",
-            status=EntryStatus.QUEUED,
-            entered_at=entered_at,
-        )
-        async with slots:
-            result = await store.enter(ref, record, score=-1.0, max_size=None)
-        assert result.outcome is EnterOutcome.ENTERED
-
-    await asyncio.gather(*(enter(index) for index in range(count)))
 
 
 async def _start_probe(redis_url: str) -> asyncio.subprocess.Process:
@@ -102,7 +75,8 @@ async def test_another_clients_ping_stays_fast_during_a_10k_admission(
     qw: QueueWorld, redis_url: str
 ) -> None:
     queue_id = await qw.open_queue()
-    await _seed(qw, queue_id, CONSUMERS)
+    organization_id = qw.world.acme.organization.organization.organization_id
+    await seed_waiting(qw.world.server.application, organization_id, queue_id, CONSUMERS)
     probe = await _start_probe(redis_url)
     try:
         await asyncio.sleep(0.1)  # a few undisturbed PINGs first

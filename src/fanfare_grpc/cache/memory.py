@@ -274,5 +274,8 @@ class MemoryCache:
     async def ping(self) -> bool:
         return True
 
+    async def shared_time(self) -> None:
+        return None  # one process: its own clock is the shared one
+
     async def close(self) -> None:
         return None

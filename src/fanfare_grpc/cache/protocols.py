@@ -168,6 +168,11 @@ class Cache(Protocol):
         """True if the backend answers."""
         ...
 
+    async def shared_time(self) -> float | None:
+        """Unix time by the backend's clock, the same for every process that shares it
+        (Redis ``TIME``); None for the in-process cache (one process, one clock)."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...

@@ -228,5 +228,9 @@ class RedisCache:
         except (RedisError, OSError):
             return False
 
+    async def shared_time(self) -> float:
+        seconds, microseconds = await self._client.time()
+        return int(seconds) + int(microseconds) / 1_000_000
+
     async def close(self) -> None:
         await self._client.aclose()
