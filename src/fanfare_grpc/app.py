@@ -77,6 +77,10 @@ class CacheUnreachable(RuntimeError):
     """Redis does not answer; the message says where (no credentials) and what to check."""
 
 
+class CacheMayEvict(RuntimeError):
+    """Redis may delete keys when full; the message says where and what to change."""
+
+
 def redis_location(url: str) -> str:
     """``host:port/db`` of a Redis URL (a socket path for ``unix://``), no credentials."""
     parts = urllib.parse.urlsplit(url)
@@ -298,16 +302,46 @@ class Application:
             raise out_of_date
 
     async def check_cache(self) -> None:
-        """Refuse to start without the shared cache.
+        """Refuse to start without the shared cache, or with one that may evict keys.
+
+        Queue state lives only in Redis and Lua scripts do not roll back; revocation
+        markers and limits that vanish fail open. So Redis must refuse writes when
+        full (``noeviction``), not delete keys, unless the operator says otherwise.
 
         Raises:
             CacheUnreachable: Redis did not answer a PING.
+            CacheMayEvict: Its ``maxmemory-policy`` is not ``noeviction`` or cannot be
+                read, and ``FANFARE_REDIS_ALLOW_EVICTION`` is not set.
         """
-        if self.settings.redis_url and not await self.cache.ping():
+        url = self.settings.redis_url
+        if not url:
+            return
+        location = redis_location(url)
+        if not await self.cache.ping():
             raise CacheUnreachable(
-                f"cannot reach Redis at {redis_location(self.settings.redis_url)}: check "
+                f"cannot reach Redis at {location}: check "
                 "that Redis is running there and FANFARE_REDIS_URL (host, port, password)"
             )
+        policy = await self.cache.eviction_policy()
+        if policy == "noeviction":
+            return
+        if self.settings.redis_allow_eviction:
+            self.logger.warning(
+                "Redis may evict keys (FANFARE_REDIS_ALLOW_EVICTION is set)",
+                extra={"redis": location, "maxmemory_policy": policy or "unknown"},
+            )
+            return
+        if policy is None:
+            raise CacheMayEvict(
+                f"cannot read the maxmemory-policy of Redis at {location} (CONFIG GET and "
+                "INFO refused): make sure it is noeviction, then set "
+                "FANFARE_REDIS_ALLOW_EVICTION=true"
+            )
+        raise CacheMayEvict(
+            f"Redis at {location} may evict keys (maxmemory-policy {policy}): set "
+            "maxmemory-policy noeviction there, or FANFARE_REDIS_ALLOW_EVICTION=true "
+            "to start anyway"
+        )
 
     def check_shared_state(self) -> None:
         """Refuse the in-process cache when the database is shared by replicas.
