@@ -11,6 +11,7 @@ import pytest
 
 from fanfare_grpc.app import Application, Clock, utc_now
 from fanfare_grpc.domain.organizations import NewOrganization, create_organization
+from fanfare_grpc.domain.queue_admission import TickClock
 from fanfare_grpc.permissions import PERMISSIONS, MethodPolicy
 from fanfare_grpc.server import RunningServer, start_server
 from fanfare_grpc.settings import Settings
@@ -76,10 +77,28 @@ async def start_migrated_server(
     run_worker: bool = True,
     clock: Clock = utc_now,
 ) -> RunningServer:
-    """Migrate the database, then start an in-process server on a free port."""
+    """Migrate the database, then start an in-process server on a free port.
+
+    An injected ``clock`` also numbers the admission ticks (tests drive the worker with
+    it); with the real clock, ticks come from the cache's clock as in production.
+    """
     await migrate.upgrade_to_head(settings.effective_owner_database_url)
-    application = Application.build(settings, permissions=permissions, clock=clock)
+    application = Application.build(
+        settings,
+        permissions=permissions,
+        clock=clock,
+        tick_clock=None if clock is utc_now else ticks_of(clock),
+    )
     return await start_server(application, extra_handlers=extra_handlers, run_worker=run_worker)
+
+
+def ticks_of(clock: Clock) -> TickClock:
+    """Admission ticks numbered by ``clock`` (an injected test clock)."""
+
+    async def now() -> float:
+        return clock().timestamp()
+
+    return now
 
 
 async def new_organization(server: RunningServer, name: str = "Acme") -> NewOrganization:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 
@@ -9,6 +10,9 @@ from fanfare.queue.v1 import queue_service_pb2 as queues
 from fanfare.queue.v1 import queue_service_pb2_grpc
 from google.protobuf import timestamp_pb2
 
+from fanfare_grpc.app import Application
+from fanfare_grpc.domain.queue_entries import queue_ref
+from fanfare_grpc.domain.queue_state import EnterOutcome, EntryRecord, EntryStatus
 from tests.consumers import ConsumerWorld, Metadata, Tenant, consumer_metadata
 from tests.grpc_helpers import bearer
 
@@ -17,6 +21,31 @@ def timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
     converted = timestamp_pb2.Timestamp()
     converted.FromDatetime(value)
     return converted
+
+
+async def seed_waiting(
+    application: Application, organization_id: str, queue_id: str, count: int, mode: str = "test"
+) -> None:
+    """``count`` consumers waiting in the queue, entered through the store (thousands of
+    sign-ins through the API would take minutes and test nothing more)."""
+    queue = await application.queue_config.get(organization_id, mode, queue_id)
+    store, ref = application.cache.queue_states, queue_ref(queue)
+    entered_at = application.clock().timestamp()
+    slots = asyncio.Semaphore(64)
+
+    async def enter(index: int) -> None:
+        record = EntryRecord(
+            consumer_id=f"cons_seed{index:06d}",
+            session_id=f"sess_seed{index:06d}",
+            device_hash=f"device-seed-{index:06d}",
+            status=EntryStatus.QUEUED,
+            entered_at=entered_at,
+        )
+        async with slots:
+            result = await store.enter(ref, record, score=-1.0, max_size=None)
+        assert result.outcome is EnterOutcome.ENTERED
+
+    await asyncio.gather(*(enter(index) for index in range(count)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ from fanfare_grpc.domain.api_key_service import ApiKeyService
 from fanfare_grpc.domain.events import RecordingEventPublisher
 from fanfare_grpc.domain.passwordless import CodeSenders, PasswordlessLogin
 from fanfare_grpc.domain.position_feed import PositionFeed
-from fanfare_grpc.domain.queue_admission import QueueWorker
+from fanfare_grpc.domain.queue_admission import QueueWorker, TickClock
 from fanfare_grpc.domain.queue_config import QueueConfigService
 from fanfare_grpc.domain.queue_entries import QueueEntries, QueueStateDropper
 from fanfare_grpc.domain.queues import MAX_HANDOFF_TTL
@@ -79,6 +79,10 @@ class CacheUnreachable(RuntimeError):
     """Redis does not answer; the message says where (no credentials) and what to check."""
 
 
+class CacheMayEvict(RuntimeError):
+    """Redis may delete keys when full; the message says where and what to change."""
+
+
 def redis_location(url: str) -> str:
     """``host:port/db`` of a Redis URL (a socket path for ``unix://``), no credentials."""
     parts = urllib.parse.urlsplit(url)
@@ -86,6 +90,16 @@ def redis_location(url: str) -> str:
         return parts.path
     database = parts.path.lstrip("/") or "0"
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}/{database}"
+
+
+def shared_tick_clock(cache: Cache, clock: Clock) -> TickClock:
+    """The cache's clock (one for every worker of the deployment), else ``clock``."""
+
+    async def now() -> float:
+        shared = await cache.shared_time()
+        return clock().timestamp() if shared is None else shared
+
+    return now
 
 
 @dataclasses.dataclass
@@ -126,10 +140,13 @@ class Application:
         permissions: Mapping[str, MethodPolicy] = PERMISSIONS,
         clock: Clock = utc_now,
         cache: Cache | None = None,
+        tick_clock: TickClock | None = None,
     ) -> Application:
         """Create (but do not yet connect) every dependency.
 
         ``cache`` replaces the one the settings name (tests wrap it to inject faults).
+        ``tick_clock`` numbers the admission ticks; by default the cache's shared clock
+        (Redis ``TIME``), or ``clock`` with the in-process cache.
 
         Raises:
             MasterKeyError: The master key configuration is unusable.
@@ -263,7 +280,13 @@ class Application:
                 ),
             ),
             queue_worker=QueueWorker(
-                queue_store, queue_config, queue_entries, cache.values, clock=clock, logger=logger
+                queue_store,
+                queue_config,
+                queue_entries,
+                cache.values,
+                clock=clock,
+                tick_clock=tick_clock or shared_tick_clock(cache, clock),
+                logger=logger,
             ),
         )
 
@@ -289,16 +312,46 @@ class Application:
             raise out_of_date
 
     async def check_cache(self) -> None:
-        """Refuse to start without the shared cache.
+        """Refuse to start without the shared cache, or with one that may evict keys.
+
+        Queue state lives only in Redis and Lua scripts do not roll back; revocation
+        markers and limits that vanish fail open. So Redis must refuse writes when
+        full (``noeviction``), not delete keys, unless the operator says otherwise.
 
         Raises:
             CacheUnreachable: Redis did not answer a PING.
+            CacheMayEvict: Its ``maxmemory-policy`` is not ``noeviction`` or cannot be
+                read, and ``FANFARE_REDIS_ALLOW_EVICTION`` is not set.
         """
-        if self.settings.redis_url and not await self.cache.ping():
+        url = self.settings.redis_url
+        if not url:
+            return
+        location = redis_location(url)
+        if not await self.cache.ping():
             raise CacheUnreachable(
-                f"cannot reach Redis at {redis_location(self.settings.redis_url)}: check "
+                f"cannot reach Redis at {location}: check "
                 "that Redis is running there and FANFARE_REDIS_URL (host, port, password)"
             )
+        policy = await self.cache.eviction_policy()
+        if policy == "noeviction":
+            return
+        if self.settings.redis_allow_eviction:
+            self.logger.warning(
+                "Redis may evict keys (FANFARE_REDIS_ALLOW_EVICTION is set)",
+                extra={"redis": location, "maxmemory_policy": policy or "unknown"},
+            )
+            return
+        if policy is None:
+            raise CacheMayEvict(
+                f"cannot read the maxmemory-policy of Redis at {location} (CONFIG GET and "
+                "INFO refused): make sure it is noeviction, then set "
+                "FANFARE_REDIS_ALLOW_EVICTION=true"
+            )
+        raise CacheMayEvict(
+            f"Redis at {location} may evict keys (maxmemory-policy {policy}): set "
+            "maxmemory-policy noeviction there, or FANFARE_REDIS_ALLOW_EVICTION=true "
+            "to start anyway"
+        )
 
     def check_shared_state(self) -> None:
         """Refuse the in-process cache when the database is shared by replicas.

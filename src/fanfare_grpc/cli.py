@@ -18,6 +18,7 @@ from fanfare_grpc import errors
 from fanfare_grpc.app import (
     LOGGER_NAME,
     Application,
+    CacheMayEvict,
     CacheUnreachable,
     SchemaOutOfDate,
     UnsharedCache,
@@ -289,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (
         SchemaOutOfDate,
         DatabaseUnreachable,
+        CacheMayEvict,
         CacheUnreachable,
         DataDirError,
         ListenError,

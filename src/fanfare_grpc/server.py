@@ -123,6 +123,7 @@ async def start_server(
         DatabaseUnreachable: The database cannot be reached.
         SchemaOutOfDate: The database is reachable but not migrated.
         CacheUnreachable: Redis does not answer.
+        CacheMayEvict: Redis may evict keys (and eviction is not allowed).
     """
     settings = application.settings
     logger = application.logger

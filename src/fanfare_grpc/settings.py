@@ -34,6 +34,9 @@ class Settings:
             ``master-key rotate`` only; ``None`` means ``database_url``.
         redis_url: Redis URL; ``None`` means the in-process cache.
         redis_key_prefix: Prefix of every Redis key of this deployment.
+        redis_allow_eviction: Start even when Redis may evict keys (its
+            ``maxmemory-policy`` is not ``noeviction``, or cannot be read). Evicted queue
+            entries are skipped, but evicted revocation markers and limits fail open.
         master_key: Base64 master key (secret; never printed).
         master_keys_old: Retired master key versions, still accepted for reading.
         tls_cert: Server certificate (PEM file); ``None`` serves plaintext.
@@ -73,6 +76,7 @@ class Settings:
     database_owner_url: str | None = None
     redis_url: str | None = None
     redis_key_prefix: str = "ff"
+    redis_allow_eviction: bool = False
     master_key: str | None = dataclasses.field(default=None, repr=False)
     master_keys_old: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     tls_cert: Path | None = None
@@ -192,6 +196,7 @@ class Settings:
             database_owner_url=text("FANFARE_DATABASE_OWNER_URL"),
             redis_url=text("FANFARE_REDIS_URL"),
             redis_key_prefix=text("FANFARE_REDIS_PREFIX") or defaults.redis_key_prefix,
+            redis_allow_eviction=flag("FANFARE_REDIS_ALLOW_EVICTION", False),
             master_key=text("FANFARE_MASTER_KEY"),
             master_keys_old=items("FANFARE_MASTER_KEYS_OLD"),
             tls_cert=path("FANFARE_TLS_CERT"),

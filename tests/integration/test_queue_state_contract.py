@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio
@@ -18,6 +18,7 @@ from fanfare_grpc.cache.memory import MemoryCache
 from fanfare_grpc.cache.redis import RedisCache
 from fanfare_grpc.crypto.handoff_tokens import new_handoff_token_id
 from fanfare_grpc.domain.queue_state import (
+    MAX_ADMISSIONS_PER_CALL,
     EnterOutcome,
     EnterResult,
     EntryRecord,
@@ -55,6 +56,47 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[QueueStateStore
         try:
             yield shared.queue_states
         finally:
+            await shared.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Evicting:
+    """A store and a way to lose its entries behind its back, as an evicting Redis
+    (or an operator's ``HDEL``) would."""
+
+    store: QueueStateStore
+    forget: Callable[[str], Awaitable[object]]  # one consumer's entry
+    forget_all: Callable[[], Awaitable[object]]  # every entry of QUEUE (the hash evicted)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def evicting(request: pytest.FixtureRequest) -> AsyncIterator[Evicting]:
+    if request.param == "memory":
+        memory = MemoryCache()
+        states = memory.queue_states
+
+        async def forget(consumer: str) -> None:
+            del states._queues[QUEUE].entries[consumer]
+
+        async def forget_all() -> None:
+            states._queues[QUEUE].entries.clear()
+
+        yield Evicting(states, forget, forget_all)
+        await memory.close()
+        return
+    with throwaway_redis_prefix() as prefix:
+        shared = RedisCache.from_url(REDIS_URL, prefix)
+        client = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=True)
+        entries_key = shared.queue_states.keys(QUEUE)[1]
+        assert entries_key.endswith(":entries")
+        try:
+            yield Evicting(
+                shared.queue_states,
+                lambda consumer: client.hdel(entries_key, consumer),
+                lambda: client.delete(entries_key),
+            )
+        finally:
+            await client.aclose()
             await shared.close()
 
 
@@ -412,6 +454,17 @@ async def test_token_ids_are_unique_per_admission(store: QueueStateStore) -> Non
     assert len(set(tokens)) == 25
 
 
+async def test_admit_takes_at_most_the_per_call_maximum(store: QueueStateStore) -> None:
+    # One call is one Lua script on Redis, which serves nobody else while it runs.
+    await enter_all(store, *(f"c{i:04d}" for i in range(MAX_ADMISSIONS_PER_CALL + 1)))
+    with pytest.raises(ValueError, match="admissions per call"):
+        await store.admit(QUEUE, token_ids(MAX_ADMISSIONS_PER_CALL + 1), T0, TTL)
+    assert (await store.counters(QUEUE, T0, 60)).waiting == MAX_ADMISSIONS_PER_CALL + 1
+    admitted = await store.admit(QUEUE, token_ids(MAX_ADMISSIONS_PER_CALL), T0, TTL)
+    assert len(admitted) == MAX_ADMISSIONS_PER_CALL
+    assert await ranks(store, f"c{MAX_ADMISSIONS_PER_CALL:04d}") == [0]
+
+
 async def test_admission_takes_the_callers_token_ids_in_order(store: QueueStateStore) -> None:
     # The ids are the caller's random draws, never a counter of the store's: a
     # sequential jti would tell each token holder how many were admitted before.
@@ -752,6 +805,77 @@ async def test_admission_history_is_kept_for_an_hour(store: QueueStateStore) -> 
     assert (await store.counters(QUEUE, T0 + 3600, 7200)).admitted_recently == 1
     completed = await store.counters(QUEUE, T0 + 3600, 60)
     assert completed.admitted == 3  # only the rate history is trimmed
+
+
+# missing entries (eviction, an operator's HDEL): skipped and counted, never an error
+
+
+async def test_admit_skips_consumers_whose_entry_is_missing(evicting: Evicting) -> None:
+    store = evicting.store
+    await enter_all(store, "a", "b", "c", "d", "e")
+    await evicting.forget("b")
+    await evicting.forget("d")
+    admitted = await store.admit(QUEUE, ["ht_1", "ht_2", "ht_3"], T0, TTL)
+    # b and d are skipped and use no token id: still three admitted, in line order.
+    assert [(e.consumer_id, e.handoff_token_id) for e in admitted] == [
+        ("a", "ht_1"),
+        ("c", "ht_2"),
+        ("e", "ht_3"),
+    ]
+    counters = await store.counters(QUEUE, T0, 60)
+    assert (counters.waiting, counters.admitted, counters.missing) == (0, 3, 2)
+    assert counters.admitted_recently == 3
+    assert await store.views(QUEUE, ["b", "d"]) == [None, None]
+    # b's device is free for someone else, and b (out of line now) may enter again.
+    assert (await enter(store, "x", device="device-b")).outcome is EnterOutcome.ENTERED
+    assert (await enter(store, "b", device="device-b2")).outcome is EnterOutcome.ENTERED
+    assert await ranks(store, "x", "b") == [0, 1]
+
+
+async def test_admit_when_every_entry_is_missing_admits_nobody(evicting: Evicting) -> None:
+    store = evicting.store
+    await enter_all(store, "a", "b", "c")
+    await evicting.forget_all()
+    assert await store.admit(QUEUE, token_ids(5), T0, TTL) == []
+    counters = await store.counters(QUEUE, T0, 60)
+    assert (counters.waiting, counters.admitted, counters.missing) == (0, 0, 3)
+    assert counters.head_entered_at is None
+    assert (await enter(store, "a")).outcome is EnterOutcome.ENTERED
+    (admitted,) = await store.admit(QUEUE, token_ids(5), T0, TTL)
+    assert admitted.consumer_id == "a"
+
+
+async def test_expiry_drops_admissions_whose_entry_is_missing(evicting: Evicting) -> None:
+    store = evicting.store
+    await enter_all(store, "a", "b", "c")
+    await store.admit(QUEUE, token_ids(3), T0, TTL)
+    await evicting.forget("a")
+    await evicting.forget("c")
+    expired = await store.expire_admissions(QUEUE, T0 + TTL, 10)
+    assert [e.consumer_id for e in expired] == ["b"]
+    counters = await store.counters(QUEUE, T0 + TTL, 60)
+    assert (counters.admitted, counters.expired, counters.missing) == (0, 1, 2)
+    assert await store.expire_admissions(QUEUE, T0 + TTL, 10) == []
+    assert (await enter(store, "x", device="device-a")).outcome is EnterOutcome.ENTERED
+
+
+async def test_every_other_operation_treats_a_missing_entry_as_never_entered(
+    evicting: Evicting,
+) -> None:
+    store = evicting.store
+    await enter_all(store, "head", "next")
+    await evicting.forget("head")
+    counters = await store.counters(QUEUE, T0, 60)
+    # The head of the line has no entry: no wait estimate from it, nothing fails.
+    assert (counters.waiting, counters.head_entered_at) == (2, None)
+    assert await store.view(QUEUE, "head") is None
+    assert await store.leave(QUEUE, "head", T0) is None
+    assert await store.deny(QUEUE, "head", T0) is None
+    assert await store.complete(QUEUE, "head", T0) is None
+    assert (await store.redeem(QUEUE, "head", "ht_any", T0)).outcome is RedeemOutcome.INVALID
+    (admitted,) = await store.admit(QUEUE, token_ids(1), T0, TTL)
+    assert admitted.consumer_id == "next"
+    assert (await store.counters(QUEUE, T0, 60)).missing == 1
 
 
 # drop and isolation

@@ -117,6 +117,12 @@ class FlakyMarkerCache:
     async def ping(self) -> bool:
         return await self._inner.ping()
 
+    async def eviction_policy(self) -> str | None:
+        return await self._inner.eviction_policy()
+
+    async def shared_time(self) -> float | None:
+        return await self._inner.shared_time()
+
     async def close(self) -> None:
         await self._inner.close()
 

@@ -17,6 +17,7 @@ def test_defaults_are_the_embedded_dev_setup() -> None:
     assert settings.redis_url is None
     assert settings.tls_cert is None
     assert not settings.allow_private_webhooks
+    assert not settings.redis_allow_eviction
     assert settings.log_level == "info"
     assert settings.effective_database_url.startswith("sqlite+aiosqlite:///")
     assert settings.effective_database_url.endswith(".fanfare/fanfare.sqlite3")
@@ -36,6 +37,7 @@ def test_every_documented_variable_is_read(tmp_path: Path) -> None:
             "FANFARE_TLS_CLIENT_CA": "/certs/ca.pem",
             "FANFARE_PLATFORM_PRINCIPALS": "spiffe://fanfare/admin, ops.internal",
             "FANFARE_ALLOW_PRIVATE_WEBHOOKS": "true",
+            "FANFARE_REDIS_ALLOW_EVICTION": "yes",
             "FANFARE_WEBHOOK_CA_FILE": "/certs/webhooks.pem",
             "FANFARE_LOG_LEVEL": "DEBUG",
         }
@@ -50,6 +52,7 @@ def test_every_documented_variable_is_read(tmp_path: Path) -> None:
     assert settings.tls_client_ca == Path("/certs/ca.pem")
     assert settings.platform_principals == ("spiffe://fanfare/admin", "ops.internal")
     assert settings.allow_private_webhooks
+    assert settings.redis_allow_eviction
     assert settings.webhook_ca_file == Path("/certs/webhooks.pem")
     assert settings.log_level == "debug"
 
@@ -78,6 +81,7 @@ def test_settings_are_frozen() -> None:
         ({"FANFARE_LISTEN": ":50051"}, "FANFARE_LISTEN"),
         ({"FANFARE_LISTEN": "127.0.0.1:99999"}, "FANFARE_LISTEN"),
         ({"FANFARE_ALLOW_PRIVATE_WEBHOOKS": "maybe"}, "FANFARE_ALLOW_PRIVATE_WEBHOOKS"),
+        ({"FANFARE_REDIS_ALLOW_EVICTION": "maybe"}, "FANFARE_REDIS_ALLOW_EVICTION"),
         ({"FANFARE_LOG_LEVEL": "loud"}, "FANFARE_LOG_LEVEL"),
         ({"FANFARE_TLS_CERT": "/c.pem"}, "FANFARE_TLS_KEY"),
         ({"FANFARE_TLS_CLIENT_CA": "/ca.pem"}, "FANFARE_TLS_CLIENT_CA"),

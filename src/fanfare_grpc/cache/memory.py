@@ -274,5 +274,11 @@ class MemoryCache:
     async def ping(self) -> bool:
         return True
 
+    async def eviction_policy(self) -> str:
+        return "noeviction"  # nothing here is ever deleted to make room
+
+    async def shared_time(self) -> None:
+        return None  # one process: its own clock is the shared one
+
     async def close(self) -> None:
         return None

@@ -168,6 +168,17 @@ class Cache(Protocol):
         """True if the backend answers."""
         ...
 
+    async def eviction_policy(self) -> str | None:
+        """What the backend does when its memory is full: Redis's ``maxmemory-policy``
+        (``noeviction`` refuses writes, every other policy deletes keys); always
+        ``noeviction`` in process; None when Redis will not say."""
+        ...
+
+    async def shared_time(self) -> float | None:
+        """Unix time by the backend's clock, the same for every process that shares it
+        (Redis ``TIME``); None for the in-process cache (one process, one clock)."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...

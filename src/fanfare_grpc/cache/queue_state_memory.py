@@ -9,7 +9,8 @@ bisection, O(log n)), a dict of entries, a dict device → consumer for the devi
 held by active entries, a ``SortedList`` of (handoff_expires_at, consumer id) for
 the admitted entries (+inf once redeemed: such entries never expire, yet are still
 admitted), the queue's counter (scores of arrivals after opening), the completed count
-and the recent admission times.
+and the recent admission times. Nothing here evicts an entry, yet every operation
+tolerates a missing one as the Redis scripts do (one contract for both).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from sortedcontainers import SortedList
 
 from fanfare_grpc.domain.queue_state import (
+    MAX_ADMISSIONS_PER_CALL,
     EnterOutcome,
     EnterResult,
     EntryRecord,
@@ -106,7 +108,16 @@ class _Entry:
 class _Queue:
     """Everything one queue holds."""
 
-    __slots__ = ("admissions", "admitted", "devices", "ended", "entries", "sequence", "waiting")
+    __slots__ = (
+        "admissions",
+        "admitted",
+        "devices",
+        "ended",
+        "entries",
+        "missing",
+        "sequence",
+        "waiting",
+    )
 
     def __init__(self) -> None:
         self.waiting: SortedList[tuple[float, str]] = SortedList()
@@ -116,6 +127,8 @@ class _Queue:
         self.sequence = 0
         self.ended: collections.Counter[EntryStatus] = collections.Counter()
         self.admissions: SortedList[float] = SortedList()
+        # consumers skipped because their entry was gone
+        self.missing = 0
 
     def next_number(self) -> int:
         self.sequence += 1
@@ -243,15 +256,24 @@ class MemoryQueueStateStore:
         now: float,
         handoff_ttl_seconds: float,
     ) -> list[EntryRecord]:
+        if len(token_ids) > MAX_ADMISSIONS_PER_CALL:
+            raise ValueError(
+                f"at most {MAX_ADMISSIONS_PER_CALL} admissions per call, not {len(token_ids)}"
+            )
         state = self._queues.get(queue)
         if state is None or not token_ids or not state.waiting:
             return []
         now = float(now)
         expires_at = now + handoff_ttl_seconds
         admitted: list[EntryRecord] = []
-        for token_id in token_ids[: len(state.waiting)]:
+        unused = iter(token_ids)
+        while len(admitted) < len(token_ids) and state.waiting:
             _, consumer_id = state.waiting.pop(0)
-            entry = state.entries[consumer_id]
+            entry = state.entries.get(consumer_id)
+            if entry is None:
+                state.missing += 1
+                continue
+            token_id = next(unused)
             entry.status = _ADMITTED
             entry.admitted_at = now
             entry.handoff_token_id = token_id
@@ -267,14 +289,19 @@ class MemoryQueueStateStore:
         state = self._queues.get(queue)
         if state is None or limit <= 0:
             return []
-        due: list[str] = []
-        for expires_at, consumer_id in state.admitted.islice(0, limit):
-            if expires_at > now:
+        due: list[tuple[float, str]] = []
+        for key in state.admitted.islice(0, limit):
+            if key[0] > now:
                 break
-            due.append(consumer_id)
+            due.append(key)
         expired: list[EntryRecord] = []
-        for consumer_id in due:
-            entry = state.entries[consumer_id]
+        for key in due:
+            entry = state.entries.get(key[1])
+            if entry is None:
+                # its entry is gone: drop it (it would stay due forever) and count it
+                state.admitted.remove(key)
+                state.missing += 1
+                continue
             state.finish(entry, EntryStatus.EXPIRED, float(now))
             expired.append(entry.record())
         return expired
@@ -315,12 +342,13 @@ class MemoryQueueStateStore:
     async def counters(self, queue: QueueRef, now: float, window_seconds: float) -> QueueCounters:
         state = self._queues.get(queue)
         if state is None:
-            return QueueCounters(0, 0, 0, 0, None, 0, 0, 0)
+            return QueueCounters(0, 0, 0, 0, None, 0, 0, 0, 0)
         history = state.admissions
         recent = len(history) - history.bisect_right(now - window_seconds)
         head_entered_at = None
-        if state.waiting:
-            head_entered_at = state.entries[state.waiting[0][1]].entered_at
+        head = state.entries.get(state.waiting[0][1]) if state.waiting else None
+        if head is not None:
+            head_entered_at = head.entered_at
         return QueueCounters(
             waiting=len(state.waiting),
             admitted=len(state.admitted),
@@ -330,6 +358,7 @@ class MemoryQueueStateStore:
             denied=state.ended[EntryStatus.DENIED],
             left=state.ended[EntryStatus.LEFT],
             expired=state.ended[EntryStatus.EXPIRED],
+            missing=state.missing,
         )
 
     async def drop(self, queue: QueueRef) -> None:

@@ -10,7 +10,8 @@ Redis Cluster slot per queue, and every script receives all of them in ``KEYS``:
 - ``admitted``: ZSET consumer → ``handoff_expires_at``, ADMITTED consumers only,
   ``+inf`` once redeemed (never expires, still counted as admitted);
 - ``seq``: the queue's counter (``1 + n`` scores of arrivals after opening);
-- ``counts``: HASH, how many entries ended ``completed``, ``denied``, ``left``, ``expired``;
+- ``counts``: HASH, how many entries ended ``completed``, ``denied``, ``left``, ``expired``,
+  and how many consumers were skipped because their entry was ``missing``;
 - ``admissions``: ZSET token id → admission time, trimmed to the last hour on admit.
 
 Redis Lua gotchas this layout avoids: a Lua number returned to the client is truncated
@@ -33,6 +34,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from fanfare_grpc.domain.queue_state import (
+    MAX_ADMISSIONS_PER_CALL,
     EnterOutcome,
     EnterResult,
     EntryRecord,
@@ -141,26 +143,59 @@ return {0, raw}
 """
 
 # ARGV: now, handoff_expires_at, history start, token ids (one per admission, at
-# most this many are admitted). -> {consumer, entry JSON, ...}
+# most this many are admitted). -> {missing, consumer, entry JSON, ...}
+# Redis serves nobody else while it runs, so callers send at most
+# MAX_ADMISSIONS_PER_CALL token ids (a few milliseconds; also far below the ~8000
+# values Lua's ``unpack`` takes), and the writes are one command per key. A popped
+# consumer whose entry is gone is skipped (no token used) and counted in 'missing'.
 _ADMIT = """
 local now, expires_at = ARGV[1], ARGV[2]
-local popped = redis.call('ZPOPMIN', waiting_key, #ARGV - 3)
-local out = {}
-for i = 1, #popped, 2 do
-  local consumer = popped[i]
-  local entry = cjson.decode(redis.call('HGET', entries_key, consumer))
-  local token_id = ARGV[3 + (i + 1) / 2]
-  entry.status = 'admitted'
-  entry.admitted_at = now
-  entry.handoff_token_id = token_id
-  entry.handoff_expires_at = expires_at
-  redis.call('ZADD', admitted_key, expires_at, consumer)
-  redis.call('ZADD', admissions_key, now, token_id)
-  out[#out + 1] = consumer
-  out[#out + 1] = save(consumer, entry)
+local wanted = #ARGV - 3
+local out = {0}
+local fields, deadlines, history = {}, {}, {}
+local admitted = 0
+while admitted < wanted do
+  local popped = redis.call('ZPOPMIN', waiting_key, wanted - admitted)
+  if #popped == 0 then
+    break
+  end
+  local consumers = {}
+  for i = 1, #popped, 2 do
+    consumers[#consumers + 1] = popped[i]
+  end
+  local raws = redis.call('HMGET', entries_key, unpack(consumers))
+  for i, consumer in ipairs(consumers) do
+    local raw = raws[i]
+    if raw then
+      admitted = admitted + 1
+      local token_id = ARGV[3 + admitted]
+      local entry = cjson.decode(raw)
+      entry.status = 'admitted'
+      entry.admitted_at = now
+      entry.handoff_token_id = token_id
+      entry.handoff_expires_at = expires_at
+      local encoded = cjson.encode(entry)
+      fields[#fields + 1] = consumer
+      fields[#fields + 1] = encoded
+      deadlines[#deadlines + 1] = expires_at
+      deadlines[#deadlines + 1] = consumer
+      history[#history + 1] = now
+      history[#history + 1] = token_id
+      out[#out + 1] = consumer
+      out[#out + 1] = encoded
+    else
+      out[1] = out[1] + 1
+    end
+  end
 end
-if #out > 0 then
+if admitted > 0 then
+  redis.call('HSET', entries_key, unpack(fields))
+  redis.call('ZADD', admitted_key, unpack(deadlines))
+  redis.call('ZADD', admissions_key, unpack(history))
   redis.call('ZREMRANGEBYSCORE', admissions_key, '-inf', ARGV[3])
+end
+if out[1] > 0 then
+  redis.call('HINCRBY', counts_key, 'missing', out[1])
 end
 return out
 """
@@ -170,10 +205,20 @@ _EXPIRE = """
 local now = ARGV[1]
 local due = redis.call('ZRANGEBYSCORE', admitted_key, '-inf', now, 'LIMIT', 0, ARGV[2])
 local out = {}
+local missing = 0
 for _, consumer in ipairs(due) do
-  local entry = cjson.decode(redis.call('HGET', entries_key, consumer))
-  out[#out + 1] = consumer
-  out[#out + 1] = finish(consumer, entry, 'expired', now)
+  local raw = redis.call('HGET', entries_key, consumer)
+  if raw then
+    out[#out + 1] = consumer
+    out[#out + 1] = finish(consumer, cjson.decode(raw), 'expired', now)
+  else
+    -- its entry is gone: drop it (it would stay due forever) and count it
+    redis.call('ZREM', admitted_key, consumer)
+    missing = missing + 1
+  end
+end
+if missing > 0 then
+  redis.call('HINCRBY', counts_key, 'missing', missing)
 end
 return out
 """
@@ -218,8 +263,9 @@ return {'ok', save(consumer, entry)}
 _COUNTERS = """
 local head = redis.call('ZRANGE', waiting_key, 0, 0)
 local head_entered_at = false
-if head[1] then
-  head_entered_at = cjson.decode(redis.call('HGET', entries_key, head[1])).entered_at
+local head_raw = head[1] and redis.call('HGET', entries_key, head[1])
+if head_raw then
+  head_entered_at = cjson.decode(head_raw).entered_at
 end
 return {
   redis.call('ZCARD', waiting_key),
@@ -230,6 +276,7 @@ return {
   tonumber(redis.call('HGET', counts_key, 'denied') or '0'),
   tonumber(redis.call('HGET', counts_key, 'left') or '0'),
   tonumber(redis.call('HGET', counts_key, 'expired') or '0'),
+  tonumber(redis.call('HGET', counts_key, 'missing') or '0'),
 }
 """
 
@@ -278,10 +325,10 @@ def _decode(consumer_id: object, raw: object) -> EntryRecord:
     )
 
 
-def _decode_pairs(reply: Any) -> list[EntryRecord]:
-    """``{consumer, entry JSON, consumer, entry JSON, ...}`` → records."""
+def _decode_pairs(reply: Any, start: int = 0) -> list[EntryRecord]:
+    """``{consumer, entry JSON, consumer, entry JSON, ...}`` (from ``start``) → records."""
     items = cast(list[object], reply)
-    return [_decode(items[i], items[i + 1]) for i in range(0, len(items), 2)]
+    return [_decode(items[i], items[i + 1]) for i in range(start, len(items), 2)]
 
 
 class RedisQueueStateStore:
@@ -396,6 +443,10 @@ class RedisQueueStateStore:
         now: float,
         handoff_ttl_seconds: float,
     ) -> list[EntryRecord]:
+        if len(token_ids) > MAX_ADMISSIONS_PER_CALL:
+            raise ValueError(
+                f"at most {MAX_ADMISSIONS_PER_CALL} admissions per call, not {len(token_ids)}"
+            )
         if not token_ids:
             return []
         reply = await self._admit(
@@ -407,7 +458,8 @@ class RedisQueueStateStore:
                 *token_ids,
             ],
         )
-        return _decode_pairs(reply)
+        # reply[0]: how many were skipped for a missing entry (already in ``counts``)
+        return _decode_pairs(reply, start=1)
 
     async def expire_admissions(self, queue: QueueRef, now: float, limit: int) -> list[EntryRecord]:
         if limit <= 0:
@@ -441,6 +493,7 @@ class RedisQueueStateStore:
             denied,
             left,
             expired,
+            missing,
         ) = await self._counters(keys=self.keys(queue), args=["(" + _number(now - window_seconds)])
         return QueueCounters(
             waiting=int(waiting),
@@ -451,6 +504,7 @@ class RedisQueueStateStore:
             denied=int(denied),
             left=int(left),
             expired=int(expired),
+            missing=int(missing),
         )
 
     async def drop(self, queue: QueueRef) -> None:

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from fanfare_grpc.cache.protocols import CounterValue, ScoredMember, Subscription
 from fanfare_grpc.cache.queue_state_redis import RedisQueueStateStore
@@ -227,6 +227,23 @@ class RedisCache:
             return bool(await self._client.ping())
         except (RedisError, OSError):
             return False
+
+    async def eviction_policy(self) -> str | None:
+        try:
+            configured = cast(dict[str, str], await self._client.config_get("maxmemory-policy"))
+            return configured.get("maxmemory-policy")
+        except ResponseError:
+            pass  # CONFIG disabled or renamed (managed Redis services): INFO says it too
+        try:
+            memory = await self._client.info("memory")
+        except ResponseError:
+            return None
+        policy = memory.get("maxmemory_policy")
+        return None if policy is None else str(policy)
+
+    async def shared_time(self) -> float:
+        seconds, microseconds = await self._client.time()
+        return int(seconds) + int(microseconds) / 1_000_000
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -6,7 +6,15 @@ Schedules use conditional updates in the database (one worker wins each
 transition). Admission is claimed per queue and per one-second tick through the cache (set if
 absent), so each tick's share is admitted once whichever worker runs it; shares are
 computed from the tick number, so admissions are spread evenly (e.g. 30/min: one
-every 2 s), never one burst per minute.
+every 2 s), never one burst per minute. Ticks are numbered by the shared cache's
+clock (Redis ``TIME``), never by each worker's own: workers whose clocks disagree
+would otherwise each claim "their" second and admit its share again.
+
+Ceilings per queue (and so per organization and mode, times its open queues): the
+rate is at most 1,000,000 a minute, a tick's share at most ⌈rate/60⌉ (16,667); a
+worker pass admits at most two ticks' shares (the current one plus at most one for
+up to ``CATCH_UP_TICKS`` missed ones); every admission goes to the store in calls of
+at most ``MAX_ADMISSIONS_PER_CALL``.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from fanfare_grpc import errors
@@ -25,12 +33,19 @@ from fanfare_grpc.domain.queues import Queue, QueueStatus, ScheduledQueue
 
 # Shares are computed per whole second (the rate is per minute, in integers).
 TICK_SECONDS = 1
-# Ticks missed (no worker ran them) are made up for at most this far back, so an
-# outage never ends in a burst.
+# Ticks missed (no worker ran them) are made up for at most this far back, and
+# together for at most one tick's share (the rest is dropped, not carried), so an
+# outage or a slow pass never ends in a burst: a pass admits at most two shares.
 CATCH_UP_TICKS = 2
+CATCH_UP_SHARES = 1
 TICK_CLAIM_TTL_SECONDS = 120.0
 # Admitted consumers of a closed queue may still redeem until their tokens expire.
 CLOSED_QUEUE_SWEEP = dt.timedelta(hours=25)
+
+
+# Unix time by the clock every worker of the deployment shares (Redis ``TIME``; the
+# process's own clock with the in-process cache, where there is one process).
+TickClock = Callable[[], Awaitable[float]]
 
 
 class QueueSchedule(Protocol):
@@ -55,9 +70,11 @@ class QueueWorker:
         elections: KeyValueStore,
         *,
         clock: Callable[[], dt.datetime],
+        tick_clock: TickClock,
         logger: logging.Logger,
     ) -> None:
         self._schedule = schedule
+        self._tick_clock = tick_clock
         self._config = config
         self._entries = entries
         self._elections = elections
@@ -89,7 +106,7 @@ class QueueWorker:
             except errors.NotFound:
                 continue  # deleted meanwhile
             if queue.status is QueueStatus.OPEN:
-                await self._admission_tick(queue, now)
+                await self._admission_tick(queue)
             await self._entries.expire(queue)
 
     @staticmethod
@@ -104,17 +121,21 @@ class QueueWorker:
             and scheduled.opens_at <= now
         )
 
-    async def _admission_tick(self, queue: Queue, now: dt.datetime) -> None:
+    async def _admission_tick(self, queue: Queue) -> None:
         """Admit the share of the rate that falls in this tick (and in up to
-        ``CATCH_UP_TICKS`` earlier ticks nobody ran). Tick t's share is
+        ``CATCH_UP_TICKS`` earlier ticks nobody ran, together at most
+        ``CATCH_UP_SHARES`` ticks' worth). Tick t's share is
         ``⌊rate·(t+1)/60⌋ − ⌊rate·t/60⌋``, so shares add up to the rate exactly and
         spread evenly; each tick's share is claimed once, by whichever worker sets its
         marker first, so two workers can never admit the same share twice."""
         tag = queue_ref(queue).hash_tag
-        tick = math.floor(now.timestamp() / TICK_SECONDS)
-        opened_at = (queue.opened_at or now).timestamp()
+        tick_time = await self._tick_clock()
+        tick = math.floor(tick_time / TICK_SECONDS)
+        opened_at = queue.opened_at.timestamp() if queue.opened_at else tick_time
         rate = queue.admission_rate_per_minute
         count = 0
+        caught_up = 0
+        catch_up_cap = CATCH_UP_SHARES * -(-rate * TICK_SECONDS // 60)  # ⌈rate/60⌉ a tick
         for past in range(tick - CATCH_UP_TICKS, tick + 1):
             if (past + 1) * TICK_SECONDS <= opened_at:
                 continue  # that tick ended before the queue opened
@@ -122,6 +143,9 @@ class QueueWorker:
             if share and await self._elections.set_if_absent(
                 f"queue-admission-tick:{tag}:{past}", "1", TICK_CLAIM_TTL_SECONDS
             ):
+                if past < tick:
+                    share = min(share, catch_up_cap - caught_up)
+                    caught_up += share
                 count += share
         if count > 0:
             await self._entries.admit(queue, count)

@@ -32,6 +32,7 @@ from fanfare_grpc.domain.consumer_sessions import ConsumerSession
 from fanfare_grpc.domain.events import DomainEvent, EventPublisher
 from fanfare_grpc.domain.queue_config import QueueConfigService
 from fanfare_grpc.domain.queue_state import (
+    MAX_ADMISSIONS_PER_CALL,
     EnterOutcome,
     EntryRecord,
     EntryStatus,
@@ -50,10 +51,14 @@ QUEUE_NOT_OPEN = "the queue is not open for entries"
 # rate may be (status changes reach every replica within this).
 CONFIG_TTL_SECONDS = 1.0
 RATE_WINDOW_SECONDS = 300.0
-EXPIRY_BATCH = 1000
-# Admissions per store call: each carries its random token id, so a large count is
-# admitted in several calls rather than one call with a huge argument list.
-ADMISSION_BATCH = 1000
+# Admissions (and expiries) per store call: on Redis one call is one Lua script that
+# blocks every other client while it runs, so a large count is admitted in several
+# short calls (other clients' commands run in between) rather than one long one.
+ADMISSION_BATCH = MAX_ADMISSIONS_PER_CALL
+EXPIRY_BATCH = MAX_ADMISSIONS_PER_CALL
+# Expiry calls per queue per worker pass: 20,000 expiries a second, more than the
+# largest tick's share of admissions (1,000,000/min ≈ 16,667 a second).
+EXPIRY_CALLS_PER_PASS = 100
 
 Clock = Callable[[], dt.datetime]
 
@@ -316,7 +321,12 @@ class QueueEntries:
         return await self.admit(queue, count)
 
     async def admit(self, queue: Queue, count: int) -> list[EntryRecord]:
-        """Admit up to ``count`` next consumers (handoff tokens are issued with them)."""
+        """Admit up to ``count`` next consumers (handoff tokens are issued with them).
+
+        In store calls of at most ``ADMISSION_BATCH``: each call is atomic, the whole
+        admission is not (entries, departures and other queues' work run between two
+        calls), so a large count never holds Redis for long. Every consumer is still
+        admitted once, in line order within each call."""
         ref = queue_ref(queue)
         now = self._now()
         admitted: list[EntryRecord] = []
@@ -337,8 +347,15 @@ class QueueEntries:
         return admitted
 
     async def expire(self, queue: Queue) -> list[EntryRecord]:
-        """Admitted consumers whose token expired unredeemed → EXPIRED."""
-        expired = await self._state.expire_admissions(queue_ref(queue), self._now(), EXPIRY_BATCH)
+        """Admitted consumers whose token expired unredeemed → EXPIRED (in store calls of
+        ``EXPIRY_BATCH``, at most ``EXPIRY_CALLS_PER_PASS`` of them; the rest next pass)."""
+        ref, now = queue_ref(queue), self._now()
+        expired: list[EntryRecord] = []
+        for _ in range(EXPIRY_CALLS_PER_PASS):
+            batch = await self._state.expire_admissions(ref, now, EXPIRY_BATCH)
+            expired.extend(batch)
+            if len(batch) < EXPIRY_BATCH:
+                break
         for entry in expired:
             await self._publish(event_types.QUEUE_CONSUMER_EXPIRED, queue, entry)
         return expired
