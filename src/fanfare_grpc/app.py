@@ -53,6 +53,7 @@ from fanfare_grpc.storage.consumer_sessions import SqlSessionStore
 from fanfare_grpc.storage.consumers import SqlConsumerStore
 from fanfare_grpc.storage.data_keys import SqlDataKeyStore
 from fanfare_grpc.storage.database import Database
+from fanfare_grpc.storage.idempotency_commits import SqlIdempotencyClaims
 from fanfare_grpc.storage.login_challenges import SqlChallengeStore
 from fanfare_grpc.storage.organizations import SqlOrganizationStore
 from fanfare_grpc.storage.queues import SqlQueueStore
@@ -113,6 +114,7 @@ class Application:
     cache: Cache
     validator: protovalidate.Validator
     envelope: Envelope
+    idempotency_claims: SqlIdempotencyClaims
     permissions: Mapping[str, MethodPolicy]
     organizations: SqlOrganizationStore
     api_keys: SqlApiKeyStore
@@ -237,6 +239,7 @@ class Application:
             cache=cache,
             validator=protovalidate.Validator(),
             envelope=envelope,
+            idempotency_claims=SqlIdempotencyClaims(database),
             permissions=permissions,
             organizations=SqlOrganizationStore(database),
             api_keys=api_keys,

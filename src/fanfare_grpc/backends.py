@@ -7,6 +7,8 @@ INTERNAL: the caller may retry, and nothing about the backend leaks.
 from __future__ import annotations
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
+from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
@@ -15,6 +17,10 @@ BACKEND_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OperationalError,
     RedisConnectionError,
     RedisTimeoutError,
+    # Full (it must not evict, so it refuses writes) or a replica after a failover:
+    # either way it cannot take this call now, and nothing of it was written.
+    RedisOutOfMemoryError,
+    RedisReadOnlyError,
     ConnectionError,
     TimeoutError,
 )

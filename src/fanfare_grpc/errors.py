@@ -15,7 +15,13 @@ class FanfareError(Exception):
 
     ``reason`` is a stable UPPER_SNAKE_CASE code for programs (``google.rpc.ErrorInfo``),
     e.g. ``TOKEN_EXPIRED`` tells an SDK to refresh rather than log in again.
+
+    ``repeatable``: the call took no effect that a repeat would duplicate, and a
+    repeat may succeed (a conflict, an announcement that failed): an idempotency key
+    lets a retry run again instead of replaying this error.
     """
+
+    repeatable = False
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
@@ -62,6 +68,8 @@ class AlreadyExists(FanfareError):
 class Aborted(FanfareError):
     """A concurrent operation conflicts with this one; retrying may succeed."""
 
+    repeatable = True
+
 
 class ResourceExhausted(FanfareError):
     """A limit was reached; ``retry_after_seconds`` tells when to try again."""
@@ -82,3 +90,5 @@ class RepeatableUnavailable(Unavailable):
     this one could not (announcing it): an idempotency key must let the retry run again
     rather than answer "outcome unknown".
     """
+
+    repeatable = True

@@ -4,10 +4,20 @@ redis-server of its own: the shared one is never reconfigured."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import grpc
+import redis.asyncio
+from fanfare.queue.v1 import queue_service_pb2 as queues
+from fanfare.queue.v1 import queue_service_pb2_grpc
+from grpc import aio
+
+from tests.backends import throwaway_postgres_database
+from tests.conftest import embedded_settings, new_organization, start_migrated_server
+from tests.grpc_helpers import bearer, expect_status
 from tests.private_redis import private_redis
 from tests.processes import ServerProcess, process_env, run_cli
 
@@ -95,3 +105,41 @@ async def test_a_noeviction_redis_starts_without_the_override(tmp_path: Path) ->
         finally:
             await server.kill()
         assert not any("may evict" in str(entry.get("message")) for entry in server.messages())
+
+
+async def test_a_full_redis_answers_unavailable_not_internal(tmp_path: Path) -> None:
+    """With ``noeviction`` (required above) a full Redis refuses writes with OOM: a call
+    that needs a write there is UNAVAILABLE (retry later), not INTERNAL."""
+    async with private_redis(["--maxmemory-policy", "noeviction"]) as url:
+        with throwaway_postgres_database() as database_url:
+            settings = dataclasses.replace(
+                embedded_settings(tmp_path / "data"),
+                database_url=database_url,
+                redis_url=url,
+                redis_key_prefix="full",
+            )
+            server = await start_migrated_server(settings, run_worker=False)
+            try:
+                organization = await new_organization(server)
+                admin = bearer(organization.test_admin_key.plaintext)
+                async with aio.insecure_channel(server.address) as channel:
+                    stub = queue_service_pb2_grpc.QueueServiceStub(channel)
+                    created = await stub.CreateQueue(
+                        queues.CreateQueueRequest(name="drop", admission_rate_per_minute=60),
+                        metadata=admin,
+                    )
+                    full = redis.asyncio.Redis.from_url(url)
+                    try:
+                        await full.config_set("maxmemory", "1")
+                    finally:
+                        await full.aclose()
+                    # Its idempotency record cannot be written.
+                    await expect_status(
+                        stub.PauseQueue(
+                            queues.PauseQueueRequest(queue_id=created.queue.queue_id),
+                            metadata=(*admin, ("idempotency-key", "pause-1")),
+                        ),
+                        grpc.StatusCode.UNAVAILABLE,
+                    )
+            finally:
+                await server.shutdown(grace_seconds=1.0)

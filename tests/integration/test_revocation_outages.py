@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -246,6 +247,29 @@ async def test_a_revoke_with_an_idempotency_key_is_completed_by_a_retry_with_tha
     assert await marker_written(flaky, guest.session.session_id)
     # Now it has an outcome: replayed, not run again.
     assert await revoke() == completed
+    await assert_revoked(world, guest.access_token)
+
+
+async def test_a_repeatable_revoke_stays_repeatable_when_the_cache_lost_its_record(
+    flaky: FlakyWorld,
+) -> None:
+    """The revoke's first transaction committed the key's database claim; the claim is
+    given back when the call answers "repeat me", so a retry after the cache lost the
+    record (the Redis restart that broke the marker write) still runs the revoke."""
+    world = flaky.world
+    guest = await world.guest(device=DEVICE)
+    await get_session(world, guest.access_token)
+    keyed = (*bearer(world.acme.secret_key), ("idempotency-key", "revoke-guest-2"))
+    request = sessions.RevokeSessionRequest(session_id=guest.session.session_id)
+    flaky.markers.broken = True
+    await expect_status(world.sessions.RevokeSession(request, metadata=keyed), UNAVAILABLE)
+    flaky.markers.broken = False
+    digest = hashlib.sha256(b"revoke-guest-2").hexdigest()
+    assert await flaky.markers.inner.delete(f"{org_id(world.acme)}:test:idempotency:{digest}")
+    completed: sessions.RevokeSessionResponse = await world.sessions.RevokeSession(
+        request, metadata=keyed
+    )
+    assert completed.session.HasField("revoked_at")
     await assert_revoked(world, guest.access_token)
 
 

@@ -18,6 +18,7 @@ import contextvars
 import dataclasses
 import datetime as dt
 from collections.abc import Iterator
+from typing import Protocol
 
 
 @dataclasses.dataclass
@@ -42,6 +43,14 @@ class IdempotencyClaim:
     claimed_at: dt.datetime
     lifetime: dt.timedelta
     committed: bool = False
+
+
+class ClaimReleaser(Protocol):
+    """Gives a claim back, for a call that ended in an error safe to repeat."""
+
+    async def release(self, claim: IdempotencyClaim) -> None:
+        """Delete the claim's committed row, if any."""
+        ...
 
 
 class KeyAlreadyCommitted(Exception):

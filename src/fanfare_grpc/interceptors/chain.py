@@ -52,6 +52,7 @@ def build_interceptor_chain(application: Application) -> list[aio.ServerIntercep
             application.permissions,
             application.cache.values,
             application.envelope,
+            application.idempotency_claims,
             application.logger,
             application.clock,
         ),

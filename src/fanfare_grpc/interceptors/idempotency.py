@@ -47,6 +47,7 @@ from fanfare_grpc.crypto import aead
 from fanfare_grpc.crypto.envelope import Envelope
 from fanfare_grpc.domain.access import KeyKind
 from fanfare_grpc.domain.idempotency_claims import (
+    ClaimReleaser,
     IdempotencyClaim,
     KeyAlreadyCommitted,
     claiming,
@@ -84,8 +85,10 @@ SECRET_RESPONSE_FIELDS = frozenset(
 _RUNNING = "running"
 _DONE = "done"
 _UNKNOWN = "unknown"
-# Took effect in part and answered UNAVAILABLE, but repeating it is safe and completes
-# it (errors.RepeatableUnavailable): a retry with the key runs the call again.
+# Ended in an error safe to repeat (``FanfareError.repeatable``: a conflict, a revocation
+# whose announcement failed): a retry with the key runs the call again. The record says
+# whether the call's database claim was given back (the retry claims the key anew) or
+# could not be (the retry must not claim it: it would be refused as a second run).
 _REPEATABLE = "repeatable"
 _SEALED_TABLE = "idempotency"
 _SEALED_COLUMN = "response"
@@ -205,6 +208,11 @@ def _clear_secrets(message: Message) -> None:
                 _clear_secrets(child)
 
 
+def _repeats(record: Mapping[str, Any], place: RecordPlace) -> bool:
+    """Whether ``record`` lets this request run again (it ended in a repeatable error)."""
+    return bool(record["state"] == _REPEATABLE and record.get("fingerprint") == place.fingerprint)
+
+
 class IdempotencyInterceptor(BehaviourInterceptor):
     """Replays stored outcomes for repeated idempotency keys."""
 
@@ -213,10 +221,12 @@ class IdempotencyInterceptor(BehaviourInterceptor):
         permissions: Mapping[str, MethodPolicy],
         records: KeyValueStore,
         envelope: Envelope,
+        claims: ClaimReleaser,
         logger: logging.Logger,
         clock: Clock,
     ) -> None:
         self._logger = logger
+        self._claims = claims
         self._permissions = permissions
         self._records = records
         self._envelope = envelope
@@ -266,13 +276,19 @@ class IdempotencyInterceptor(BehaviourInterceptor):
             return await self._shielded(
                 self._execute(behaviour, request, context, record_key, place, claim=True)
             )
-        if await self._repeatable(record_key, place):
-            # Its first transaction committed the key's claim already: a repeat must
-            # not claim it again (it would be refused as a second execution).
+        record = await self._stored(record_key)
+        if record is not None and _repeats(record, place):
             return await self._shielded(
-                self._execute(behaviour, request, context, record_key, place, claim=False)
+                self._execute(
+                    behaviour,
+                    request,
+                    context,
+                    record_key,
+                    place,
+                    claim=bool(record.get("claim_released", False)),
+                )
             )
-        return await self._replay(record_key, place, method)
+        return await self._replay(record, place, method)
 
     async def _shielded(self, call: Awaitable[_T]) -> _T:
         task: asyncio.Task[_T] = asyncio.ensure_future(call)
@@ -316,15 +332,18 @@ class IdempotencyInterceptor(BehaviourInterceptor):
             # claim is in the database): this one was rolled back. Outcome unknown.
             await self._finish(record_key, self._record(place, _UNKNOWN))
             raise errors.Aborted(OUTCOME_UNKNOWN) from None
-        except errors.RepeatableUnavailable:
-            # Took effect in part, and a repeat completes it: let the retry run again.
-            await self._finish(record_key, self._record(place, _REPEATABLE))
-            raise
-        except errors.Unavailable:
-            # A backend failed mid-call: what was written before it is unknown.
-            await self._finish(record_key, self._record(place, _UNKNOWN))
-            raise
         except errors.FanfareError as error:
+            if error.repeatable:
+                # Nothing a repeat would duplicate: let a retry with the key run again.
+                released = await self._release(key_claim)
+                await self._finish(
+                    record_key, self._record(place, _REPEATABLE, claim_released=released)
+                )
+                raise
+            if isinstance(error, errors.Unavailable):
+                # A backend failed mid-call: what was written before it is unknown.
+                await self._finish(record_key, self._record(place, _UNKNOWN))
+                raise
             # A domain error: the call's own transaction rolled back; replay the error.
             await self._finish(record_key, self._record(place, _DONE, error=_stored_error(error)))
             raise
@@ -363,20 +382,37 @@ class IdempotencyInterceptor(BehaviourInterceptor):
         except Exception:
             self._logger.warning("could not store an idempotent outcome", exc_info=True)
 
-    async def _repeatable(self, record_key: str, place: RecordPlace) -> bool:
-        """Whether the key's call answered ``RepeatableUnavailable`` (same request)."""
-        raw = await self._records.get(record_key)
-        if raw is None:
+    async def _release(self, claim: IdempotencyClaim) -> bool:
+        """Give the key's database claim back; whether that worked (or was not needed)."""
+        try:
+            await self._claims.release(claim)
+        except Exception:
+            self._logger.warning("could not release an idempotency claim", exc_info=True)
             return False
-        record = json.loads(raw)
-        return bool(record["state"] == _REPEATABLE and record["fingerprint"] == place.fingerprint)
+        return True
 
-    async def _replay(self, record_key: str, place: RecordPlace, method: str) -> Any:
+    async def _stored(self, record_key: str) -> dict[str, Any] | None:
+        """The key's record; an unreadable one is an unknown outcome, never a rerun."""
         raw = await self._records.get(record_key)
         if raw is None:
+            return None
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not all(
+            isinstance(record.get(field), str) for field in ("state", "fingerprint")
+        ):
+            self._logger.warning("an idempotency record cannot be read")
+            raise errors.Aborted(OUTCOME_UNKNOWN)
+        return record
+
+    async def _replay(
+        self, record: Mapping[str, Any] | None, place: RecordPlace, method: str
+    ) -> Any:
+        if record is None:
             raise errors.Aborted("a request with this idempotency key just finished; retry")
-        record = json.loads(raw)
-        if record["fingerprint"] != place.fingerprint:
+        if record.get("fingerprint") != place.fingerprint:
             raise _bad_key("already used with a different request")
         if record["state"] == _RUNNING:
             started_at = float(record.get("started_at", 0.0))
@@ -391,9 +427,10 @@ class IdempotencyInterceptor(BehaviourInterceptor):
             plaintext = await open_response(
                 self._envelope, place, base64.b64decode(record["response"])
             )
-        except aead.DecryptionError:
-            # Not sealed for this mode and request (moved or tampered with): the
-            # call's outcome cannot be told, and it must not run again.
+        except (aead.DecryptionError, KeyError, TypeError, ValueError):
+            # Not sealed for this mode and request (moved or tampered with), or not a
+            # response at all: the call's outcome cannot be told, and it must not run
+            # again.
             self._logger.warning("an idempotency record does not open for its request")
             raise errors.Aborted(OUTCOME_UNKNOWN) from None
         return _response_class(method).FromString(plaintext)

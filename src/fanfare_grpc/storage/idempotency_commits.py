@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fanfare_grpc.domain.idempotency_claims import IdempotencyClaim, KeyAlreadyCommitted
 from fanfare_grpc.storage.models import IdempotencyCommitRow
+
+if TYPE_CHECKING:
+    # The database writes claims through this module: a runtime import would be a cycle.
+    from fanfare_grpc.storage.database import Database
 
 
 async def record_claim(session: AsyncSession, dialect: str, claim: IdempotencyClaim) -> None:
@@ -40,3 +47,26 @@ async def record_claim(session: AsyncSession, dialect: str, claim: IdempotencyCl
     result = await session.execute(upsert)
     if result.first() is None:
         raise KeyAlreadyCommitted(claim.key_digest)
+
+
+class SqlIdempotencyClaims:
+    """Releases claims of calls that ended in an error safe to repeat."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def release(self, claim: IdempotencyClaim) -> None:
+        """Delete ``claim``'s row (the same request's: same key and fingerprint).
+
+        Its call took no effect a repeat would duplicate (a conflict, a revocation
+        whose announcement failed), so a retry with the key must be able to claim it.
+        """
+        async with self._database.transaction(claim.organization_id) as session:
+            await session.execute(
+                delete(IdempotencyCommitRow).where(
+                    IdempotencyCommitRow.org_id == claim.organization_id,
+                    IdempotencyCommitRow.mode == claim.mode,
+                    IdempotencyCommitRow.key_digest == claim.key_digest,
+                    IdempotencyCommitRow.fingerprint == claim.fingerprint,
+                )
+            )
