@@ -122,6 +122,7 @@ class Application:
     key_verifier: KeyVerifier
     key_usage: KeyUsageRecorder
     key_invalidation_listener: KeyInvalidationListener
+    key_invalidations: PubSubKeyInvalidations
     signing_keys: SigningKeyRing
     consumers: SqlConsumerStore
     sessions: SessionService
@@ -165,6 +166,7 @@ class Application:
         )
         api_keys = SqlApiKeyStore(database)
         verifier = KeyVerifier(api_keys, cache.counters, wall_clock=clock)
+        key_invalidations = PubSubKeyInvalidations(cache.pubsub, logger, verifier)
         envelope = Envelope(master_keys, SqlDataKeyStore(database))
         signing_keys = SigningKeyRing(
             SqlSigningKeyStore(database),
@@ -243,12 +245,11 @@ class Application:
             permissions=permissions,
             organizations=SqlOrganizationStore(database),
             api_keys=api_keys,
-            key_service=ApiKeyService(
-                api_keys, PubSubKeyInvalidations(cache.pubsub, logger), clock
-            ),
+            key_service=ApiKeyService(api_keys, key_invalidations, clock),
             key_verifier=verifier,
             key_usage=KeyUsageRecorder(api_keys, logger),
             key_invalidation_listener=KeyInvalidationListener(cache.pubsub, verifier, logger),
+            key_invalidations=key_invalidations,
             signing_keys=signing_keys,
             consumers=consumers,
             sessions=sessions,

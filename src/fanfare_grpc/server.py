@@ -180,6 +180,7 @@ async def start_server(
         asyncio.create_task(application.key_usage.run(), name="key-usage"),
         asyncio.create_task(application.key_invalidation_listener.run(), name="key-invalidations"),
         asyncio.create_task(application.session_revocations.run(), name="session-revocations"),
+        asyncio.create_task(application.key_invalidations.run(), name="key-change-broadcasts"),
     ]
     if run_worker:
         worker = Worker(

@@ -96,7 +96,7 @@ async def test_key_changes_are_broadcast_with_organization_and_mode() -> None:
         await listener.subscribed.wait()
         assert await verifier.received.get() == ("everything",)  # on (re)subscribing
         async with cache.pubsub.subscribe(CHANNEL) as raw:
-            await PubSubKeyInvalidations(cache.pubsub, logger).key_changed(
+            await PubSubKeyInvalidations(cache.pubsub, logger, verifier).key_changed(
                 "org_a", Mode.LIVE, "key_a"
             )
             assert await anext(aiter(raw)) == "org_a:live:key_a"

@@ -11,15 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 
-from fanfare_grpc.authentication.key_verifier import KeyVerifier
+from fanfare_grpc import errors
+from fanfare_grpc.authentication.key_verifier import (
+    POSITIVE_TTL_SECONDS,
+    STALE_AFTER_SECONDS,
+    KeyVerifier,
+)
 from fanfare_grpc.backends import is_backend_unavailable
 from fanfare_grpc.cache.protocols import PubSub
 from fanfare_grpc.domain.access import Mode
-from fanfare_grpc.outages import OutageLog
+from fanfare_grpc.outages import OutageLog, RetriedFailureLog
 
 CHANNEL = "api-keys:changed"
 RECONNECT_DELAY_SECONDS = 0.5
+RETRY_INTERVAL_SECONDS = 1.0
+DISTRUST_SECONDS = 30.0
+CHANGE_NOT_ANNOUNCED = (
+    "api key changed, but not yet announced to every server (cache unavailable): "
+    "retry the call, repeating it is safe"
+)
 
 
 def key_change_message(organization_id: str, mode: Mode, key_id: str) -> str:
@@ -37,22 +50,95 @@ def parse_key_change(message: str) -> tuple[str, Mode, str] | None:
 
 
 class PubSubKeyInvalidations:
-    """``KeyInvalidationPublisher`` that broadcasts key changes on ``CHANNEL``."""
+    """``KeyInvalidationPublisher`` that broadcasts key changes on ``CHANNEL``, failing
+    closed: a change that could not be broadcast is never answered OK.
 
-    def __init__(self, pubsub: PubSub, logger: logging.Logger) -> None:
+    The change is committed already when it is announced, and a replica whose
+    subscription stayed up keeps a cached key for ``POSITIVE_TTL_SECONDS`` unless it
+    hears of it (a failed publish says nothing about other replicas' connections). So
+    when the publish fails:
+
+    - this replica re-checks the key against the database on its next use, and re-checks
+      every cached key every ``STALE_AFTER_SECONDS`` until ``DISTRUST_SECONDS`` after the
+      last failure (its own subscription may be missing messages too);
+    - the call answers UNAVAILABLE (``RepeatableUnavailable``): the revoke or rotation
+      stands, and repeating the call announces it again;
+    - the announcement is retried in the background every ``RETRY_INTERVAL_SECONDS``
+      until it is published, or until every replica has re-read the key anyway
+      (``POSITIVE_TTL_SECONDS`` after the change).
+    """
+
+    def __init__(
+        self,
+        pubsub: PubSub,
+        logger: logging.Logger,
+        verifier: KeyVerifier,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._pubsub = pubsub
-        self._logger = logger
+        self._verifier = verifier
+        self._monotonic = monotonic
+        self._failures = RetriedFailureLog(
+            logger,
+            "key change broadcasts",
+            meanwhile=(
+                "revoking and rotating calls answer UNAVAILABLE; cached API keys "
+                f"re-checked every {STALE_AFTER_SECONDS:g} s on this server"
+            ),
+        )
+        # Messages not yet published, with when they stop mattering (every replica has
+        # re-read the key by then).
+        self._pending: dict[str, float] = {}
+
+    @property
+    def pending(self) -> int:
+        """Announcements waiting for their background retry."""
+        return len(self._pending)
 
     async def key_changed(self, organization_id: str, mode: Mode, key_id: str) -> None:
-        # The change is committed already: failing the call now would hide its result
-        # (a rotated key's new secret). If Redis cannot take the message, the
-        # replicas' subscriptions are down too, and they re-check keys every second.
+        """Announce a committed key change to every replica.
+
+        Raises:
+            RepeatableUnavailable: Not announced; retried in the background, and
+                repeating the call announces it again.
+        """
+        message = key_change_message(organization_id, mode, key_id)
+        self._pending[message] = self._monotonic() + POSITIVE_TTL_SECONDS
+        if not await self._publish(message):
+            # This replica refuses at once, whatever the others may still believe.
+            self._verifier.key_changed(organization_id, mode, key_id)
+            raise errors.RepeatableUnavailable(CHANGE_NOT_ANNOUNCED)
+
+    async def retry_pending(self) -> None:
+        """Publish the announcements that failed (stop at the first failure)."""
+        now = self._monotonic()
+        for message, deadline in list(self._pending.items()):
+            if deadline <= now:
+                del self._pending[message]  # every replica has re-read the key since
+            elif not await self._publish(message):
+                return
+
+    async def run(self, interval_seconds: float = RETRY_INTERVAL_SECONDS) -> None:
+        """Retry pending announcements until cancelled."""
+        while True:
+            await asyncio.sleep(interval_seconds)
+            if self._pending:
+                await self.retry_pending()
+
+    async def _publish(self, message: str) -> bool:
+        if message not in self._pending:
+            return True  # published meanwhile by a concurrent call or the retry task
         try:
-            await self._pubsub.publish(CHANNEL, key_change_message(organization_id, mode, key_id))
-        except Exception:
-            self._logger.warning(
-                "could not broadcast a key change", extra={"key_id": key_id}, exc_info=True
-            )
+            await self._pubsub.publish(CHANNEL, message)
+        except Exception as error:  # noqa: BLE001 - logged by RetriedFailureLog
+            self._verifier.distrust_invalidations(DISTRUST_SECONDS)
+            self._failures.failed(error)
+            return False
+        self._pending.pop(message, None)
+        if not self._pending:
+            self._failures.succeeded()
+        return True
 
 
 class KeyInvalidationListener:

@@ -15,8 +15,9 @@
 - A verification that overlapped an invalidation re-reads the key's state before
   it is cached, so a revocation published mid-bcrypt is never lost.
 - Invalidations (``KeyInvalidationListener``) mark cached entries stale; while the
-  listener is disconnected, entries older than ``STALE_AFTER`` are re-checked
-  against the database, so a revocation is never missed for more than 2 s.
+  listener is disconnected, or for a while after this replica failed to publish an
+  invalidation (``distrust_invalidations``), entries older than ``STALE_AFTER`` are
+  re-checked against the database, so a revocation is never missed for more than 2 s.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ class KeyVerifier:
         self._generation = 0
         self._bcrypt_slots = asyncio.Semaphore(BCRYPT_THREADS)
         self.invalidations_connected = False
+        # Until then (monotonic) a connected subscription is not trusted either.
+        self._distrusted_until = float("-inf")
         self.bcrypt_checks = 0
 
     async def verify(self, presented: str, client: str = "") -> ApiKey:
@@ -156,6 +159,16 @@ class KeyVerifier:
             ):
                 entry.state_checked_at = float("-inf")
 
+    def distrust_invalidations(self, seconds: float) -> None:
+        """Invalidations may not be reaching replicas (one could not be published):
+        re-check cached keys every ``STALE_AFTER_SECONDS`` for the next ``seconds``."""
+        self._distrusted_until = max(self._distrusted_until, self._monotonic() + seconds)
+
+    @property
+    def invalidations_trusted(self) -> bool:
+        """Whether a cached key may be believed for ``POSITIVE_TTL_SECONDS``."""
+        return self.invalidations_connected and self._monotonic() >= self._distrusted_until
+
     def everything_changed(self) -> None:
         """Invalidations may have been missed: re-check every cached key's state."""
         self._generation += 1
@@ -163,7 +176,7 @@ class KeyVerifier:
             entry.state_checked_at = float("-inf")
 
     async def _from_cache(self, digest: str, cached: _Verified) -> ApiKey:
-        freshness = POSITIVE_TTL_SECONDS if self.invalidations_connected else STALE_AFTER_SECONDS
+        freshness = POSITIVE_TTL_SECONDS if self.invalidations_trusted else STALE_AFTER_SECONDS
         if self._monotonic() - cached.state_checked_at > freshness:
             current = await self._records.get(
                 cached.key.organization_id, cached.key.mode, cached.key.key_id

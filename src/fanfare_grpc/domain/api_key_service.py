@@ -22,6 +22,16 @@ from fanfare_grpc.domain.names import normalized_name
 from fanfare_grpc.domain.pagination import ListCursor, decode_cursor, encode_cursor, page_size
 
 NOT_FOUND_MESSAGE = "api key not found"
+REVOKE_NOT_ANNOUNCED = (
+    "api key revoked, but not yet announced to every server (cache unavailable): "
+    "retry the call, repeating it is safe"
+)
+ROTATION_NOT_ANNOUNCED = (
+    "api key rotated (replacement {replacement}), but not yet announced to every server "
+    "(cache unavailable), and the replacement's secret cannot be shown again: retry the "
+    "call to announce it (it then answers FAILED_PRECONDITION), revoke the replacement "
+    "and create a new key"
+)
 
 Clock = Callable[[], dt.datetime]
 
@@ -85,7 +95,12 @@ class KeyInvalidationPublisher(Protocol):
 
     async def key_changed(self, organization_id: str, mode: Mode, key_id: str) -> None:
         """Broadcast that the organization's key ``key_id`` (of ``mode``) was revoked,
-        rotated or otherwise changed."""
+        rotated or otherwise changed.
+
+        Raises:
+            RepeatableUnavailable: Not announced to every replica; announcing the same
+                change again is safe (and is retried in the background meanwhile).
+        """
         ...
 
 
@@ -193,7 +208,11 @@ class ApiKeyService:
         Raises:
             InvalidArgument: Grace period negative or longer than 7 days.
             NotFound: No such key in this organization and mode.
-            FailedPrecondition: The key is already revoked or expired.
+            FailedPrecondition: The key is already revoked, expired or rotated (its state
+                is announced again first: this is how a retry of a rotation answered
+                UNAVAILABLE completes its announcement).
+            RepeatableUnavailable: Rotated, but not announced to every replica; the
+                replacement's secret is lost (it is shown only once).
         """
         grace = grace_period or dt.timedelta(0)
         if grace < dt.timedelta(0) or grace > MAX_GRACE_PERIOD:
@@ -206,6 +225,7 @@ class ApiKeyService:
         if current is None:
             raise errors.NotFound(NOT_FOUND_MESSAGE)
         if not current.usable_at(now):
+            await self._invalidations.key_changed(organization_id, mode, key_id)
             raise errors.FailedPrecondition("api key is revoked or expired")
         issued = await issue_api_key(
             organization_id,
@@ -225,18 +245,33 @@ class ApiKeyService:
         )
         if retired is None:
             # Revoked, or rotated already (possibly concurrently, in its grace period).
+            await self._invalidations.key_changed(organization_id, mode, key_id)
             raise errors.FailedPrecondition("api key is revoked, expired or already rotated")
-        await self._invalidations.key_changed(organization_id, mode, key_id)
+        try:
+            await self._invalidations.key_changed(organization_id, mode, key_id)
+        except errors.RepeatableUnavailable:
+            # Answering OK would let other replicas accept the old key for minutes; the
+            # new secret cannot be kept for a retry (it is never stored in plaintext).
+            raise errors.RepeatableUnavailable(
+                ROTATION_NOT_ANNOUNCED.format(replacement=issued.api_key.key_id)
+            ) from None
         return issued, retired
 
     async def revoke(self, organization_id: str, mode: Mode, key_id: str) -> ApiKey:
-        """Revoke at once; every replica rejects the key within 2 s.
+        """Revoke at once; once this answers, every replica rejects the key within 2 s.
+
+        Revoking a revoked key is a no-op that announces it again.
 
         Raises:
             NotFound: No such key in this organization and mode.
+            RepeatableUnavailable: Revoked, but not announced to every replica yet (this
+                one refuses it already); revoking again announces it.
         """
         revoked = await self._store.revoke(organization_id, mode, key_id, self._clock())
         if revoked is None:
             raise errors.NotFound(NOT_FOUND_MESSAGE)
-        await self._invalidations.key_changed(organization_id, mode, key_id)
+        try:
+            await self._invalidations.key_changed(organization_id, mode, key_id)
+        except errors.RepeatableUnavailable:
+            raise errors.RepeatableUnavailable(REVOKE_NOT_ANNOUNCED) from None
         return revoked

@@ -126,19 +126,24 @@ class AuthServiceServicer:
         Caller: sk with role ADMIN. Accepts idempotency-key.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad id, grace period
         over 7 days, idempotency-key reused), NOT_FOUND (unknown id, other organization or
-        mode), FAILED_PRECONDITION (key already revoked, rotated or expired), ABORTED,
-        RESOURCE_EXHAUSTED, UNAVAILABLE.
+        mode), FAILED_PRECONDITION (key already revoked, rotated or expired; its state is
+        announced to every replica again first), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE
+        (also when the rotation committed but could not be announced to every replica: the
+        old key stops as asked, the new key's secret is lost; retrying announces it and then
+        answers FAILED_PRECONDITION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """Revokes a key immediately; every replica rejects it within 2 s. Revoking an already
-        revoked key succeeds and returns it unchanged.
+        """Revokes a key immediately; once it answers OK every replica rejects it within 2 s.
+        Revoking an already revoked key succeeds, returns it unchanged and announces it again.
         Caller: sk with role ADMIN. Accepts idempotency-key.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND (unknown id,
-        other organization or mode), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+        other organization or mode), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE (also when the
+        revocation committed but could not be announced to every replica: it stands, and
+        retrying, with the same idempotency-key too, is safe and announces it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -64,15 +64,20 @@ class AuthServiceStub:
     Caller: sk with role ADMIN. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad id, grace period
     over 7 days, idempotency-key reused), NOT_FOUND (unknown id, other organization or
-    mode), FAILED_PRECONDITION (key already revoked, rotated or expired), ABORTED,
-    RESOURCE_EXHAUSTED, UNAVAILABLE.
+    mode), FAILED_PRECONDITION (key already revoked, rotated or expired; its state is
+    announced to every replica again first), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE
+    (also when the rotation committed but could not be announced to every replica: the
+    old key stops as asked, the new key's secret is lost; retrying announces it and then
+    answers FAILED_PRECONDITION).
     """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeApiKeyRequest, _auth_service_pb2.RevokeApiKeyResponse]
-    """Revokes a key immediately; every replica rejects it within 2 s. Revoking an already
-    revoked key succeeds and returns it unchanged.
+    """Revokes a key immediately; once it answers OK every replica rejects it within 2 s.
+    Revoking an already revoked key succeeds, returns it unchanged and announces it again.
     Caller: sk with role ADMIN. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND (unknown id,
-    other organization or mode), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+    other organization or mode), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE (also when the
+    revocation committed but could not be announced to every replica: it stands, and
+    retrying, with the same idempotency-key too, is safe and announces it).
     """
     StartPasswordlessLogin: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.StartPasswordlessLoginRequest, _auth_service_pb2.StartPasswordlessLoginResponse]
     """Sends a one-time 6-digit code to an email address; the answer is the same whether or
@@ -137,15 +142,20 @@ class AuthServiceAsyncStub(AuthServiceStub):
     Caller: sk with role ADMIN. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad id, grace period
     over 7 days, idempotency-key reused), NOT_FOUND (unknown id, other organization or
-    mode), FAILED_PRECONDITION (key already revoked, rotated or expired), ABORTED,
-    RESOURCE_EXHAUSTED, UNAVAILABLE.
+    mode), FAILED_PRECONDITION (key already revoked, rotated or expired; its state is
+    announced to every replica again first), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE
+    (also when the rotation committed but could not be announced to every replica: the
+    old key stops as asked, the new key's secret is lost; retrying announces it and then
+    answers FAILED_PRECONDITION).
     """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeApiKeyRequest, _auth_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
-    """Revokes a key immediately; every replica rejects it within 2 s. Revoking an already
-    revoked key succeeds and returns it unchanged.
+    """Revokes a key immediately; once it answers OK every replica rejects it within 2 s.
+    Revoking an already revoked key succeeds, returns it unchanged and announces it again.
     Caller: sk with role ADMIN. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND (unknown id,
-    other organization or mode), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+    other organization or mode), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE (also when the
+    revocation committed but could not be announced to every replica: it stands, and
+    retrying, with the same idempotency-key too, is safe and announces it).
     """
     StartPasswordlessLogin: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.StartPasswordlessLoginRequest, _auth_service_pb2.StartPasswordlessLoginResponse]  # type: ignore[assignment]
     """Sends a one-time 6-digit code to an email address; the answer is the same whether or
@@ -231,8 +241,11 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         Caller: sk with role ADMIN. Accepts idempotency-key.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad id, grace period
         over 7 days, idempotency-key reused), NOT_FOUND (unknown id, other organization or
-        mode), FAILED_PRECONDITION (key already revoked, rotated or expired), ABORTED,
-        RESOURCE_EXHAUSTED, UNAVAILABLE.
+        mode), FAILED_PRECONDITION (key already revoked, rotated or expired; its state is
+        announced to every replica again first), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE
+        (also when the rotation committed but could not be announced to every replica: the
+        old key stops as asked, the new key's secret is lost; retrying announces it and then
+        answers FAILED_PRECONDITION).
         """
 
     @_abc_1.abstractmethod
@@ -241,11 +254,13 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_auth_service_pb2.RevokeApiKeyResponse]]:
-        """Revokes a key immediately; every replica rejects it within 2 s. Revoking an already
-        revoked key succeeds and returns it unchanged.
+        """Revokes a key immediately; once it answers OK every replica rejects it within 2 s.
+        Revoking an already revoked key succeeds, returns it unchanged and announces it again.
         Caller: sk with role ADMIN. Accepts idempotency-key.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND (unknown id,
-        other organization or mode), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+        other organization or mode), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE (also when the
+        revocation committed but could not be announced to every replica: it stands, and
+        retrying, with the same idempotency-key too, is safe and announces it).
         """
 
     @_abc_1.abstractmethod
