@@ -845,6 +845,50 @@ async def test_admit_when_every_entry_is_missing_admits_nobody(evicting: Evictin
     assert admitted.consumer_id == "a"
 
 
+async def test_one_admit_call_takes_at_most_the_per_call_maximum_missing_ones_included(
+    evicting: Evicting,
+) -> None:
+    # A whole line whose entries were evicted: one admission of one consumer must not
+    # walk it in one call (one Lua script, Redis serving nobody else meanwhile).
+    store = evicting.store
+    line = 2 * MAX_ADMISSIONS_PER_CALL + 10
+    await enter_all(store, *(f"c{i:04d}" for i in range(line)))
+    await evicting.forget_all()
+    await enter(store, "present")
+    first = await store.admit(QUEUE, token_ids(1), T0, TTL)
+    assert first == []
+    assert (first.skipped, first.popped, first.waiting) == (
+        MAX_ADMISSIONS_PER_CALL,
+        MAX_ADMISSIONS_PER_CALL,
+        line + 1 - MAX_ADMISSIONS_PER_CALL,
+    )
+    assert (await store.counters(QUEUE, T0, 60)).waiting == first.waiting
+    second = await store.admit(QUEUE, token_ids(1), T0, TTL)
+    assert (second, second.skipped, second.waiting) == ([], MAX_ADMISSIONS_PER_CALL, 11)
+    (admitted,) = third = await store.admit(QUEUE, token_ids(1), T0, TTL)
+    assert admitted.consumer_id == "present"
+    assert (third.skipped, third.popped, third.waiting) == (10, 11, 0)
+    counters = await store.counters(QUEUE, T0, 60)
+    assert (counters.waiting, counters.admitted, counters.missing) == (0, 1, line)
+
+
+async def test_admit_says_how_many_are_still_waiting(store: QueueStateStore) -> None:
+    await enter_all(store, "a", "b", "c", "d", "e")
+    two = await store.admit(QUEUE, token_ids(2), T0, TTL)
+    assert ([e.consumer_id for e in two], two.skipped, two.popped, two.waiting) == (
+        ["a", "b"],
+        0,
+        2,
+        3,
+    )
+    rest = await store.admit(QUEUE, token_ids(5), T0, TTL)
+    assert ([e.consumer_id for e in rest], rest.popped, rest.waiting) == (["c", "d", "e"], 3, 0)
+    none = await store.admit(QUEUE, token_ids(5), T0, TTL)
+    assert (none, none.popped, none.waiting) == ([], 0, 0)
+    await enter(store, "f")
+    assert (await store.admit(QUEUE, token_ids(0), T0, TTL)).waiting == 1
+
+
 async def test_expiry_drops_admissions_whose_entry_is_missing(evicting: Evicting) -> None:
     store = evicting.store
     await enter_all(store, "a", "b", "c")

@@ -23,6 +23,7 @@ from sortedcontainers import SortedList
 
 from fanfare_grpc.domain.queue_state import (
     MAX_ADMISSIONS_PER_CALL,
+    AdmissionBatch,
     EnterOutcome,
     EnterResult,
     EntryRecord,
@@ -255,23 +256,30 @@ class MemoryQueueStateStore:
         token_ids: Sequence[str],
         now: float,
         handoff_ttl_seconds: float,
-    ) -> list[EntryRecord]:
+    ) -> AdmissionBatch:
         if len(token_ids) > MAX_ADMISSIONS_PER_CALL:
             raise ValueError(
                 f"at most {MAX_ADMISSIONS_PER_CALL} admissions per call, not {len(token_ids)}"
             )
         state = self._queues.get(queue)
         if state is None or not token_ids or not state.waiting:
-            return []
+            return AdmissionBatch(waiting=0 if state is None else len(state.waiting))
         now = float(now)
         expires_at = now + handoff_ttl_seconds
         admitted: list[EntryRecord] = []
         unused = iter(token_ids)
-        while len(admitted) < len(token_ids) and state.waiting:
+        skipped = 0
+        # Skipped consumers count against the limit too, as on Redis (one contract).
+        while (
+            len(admitted) < len(token_ids)
+            and len(admitted) + skipped < MAX_ADMISSIONS_PER_CALL
+            and state.waiting
+        ):
             _, consumer_id = state.waiting.pop(0)
             entry = state.entries.get(consumer_id)
             if entry is None:
                 state.missing += 1
+                skipped += 1
                 continue
             token_id = next(unused)
             entry.status = _ADMITTED
@@ -283,7 +291,7 @@ class MemoryQueueStateStore:
             admitted.append(entry.record())
         history = state.admissions
         del history[: history.bisect_right(now - ADMISSION_HISTORY_SECONDS)]
-        return admitted
+        return AdmissionBatch(admitted, skipped=skipped, waiting=len(state.waiting))
 
     async def expire_admissions(self, queue: QueueRef, now: float, limit: int) -> list[EntryRecord]:
         state = self._queues.get(queue)

@@ -35,6 +35,7 @@ from redis.commands.core import AsyncScript
 
 from fanfare_grpc.domain.queue_state import (
     MAX_ADMISSIONS_PER_CALL,
+    AdmissionBatch,
     EnterOutcome,
     EnterResult,
     EntryRecord,
@@ -142,20 +143,24 @@ end
 return {0, raw}
 """
 
-# ARGV: now, handoff_expires_at, history start, token ids (one per admission, at
-# most this many are admitted). -> {missing, consumer, entry JSON, ...}
+# ARGV: now, handoff_expires_at, history start, most consumers to pop, token ids (one
+# per admission, at most this many are admitted).
+# -> {skipped, waiting after, consumer, entry JSON, ...}
 # Redis serves nobody else while it runs, so callers send at most
 # MAX_ADMISSIONS_PER_CALL token ids (a few milliseconds; also far below the ~8000
 # values Lua's ``unpack`` takes), and the writes are one command per key. A popped
-# consumer whose entry is gone is skipped (no token used) and counted in 'missing'.
+# consumer whose entry is gone is skipped (no token used) and counted in 'missing';
+# skipped ones count against the pop limit too, so a line whose entries were all
+# evicted costs one script at most that many pops, not the whole line.
 _ADMIT = """
-local now, expires_at = ARGV[1], ARGV[2]
-local wanted = #ARGV - 3
-local out = {0}
+local now, expires_at, max_pops = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local wanted = #ARGV - 4
+local out = {0, 0}
 local fields, deadlines, history = {}, {}, {}
-local admitted = 0
-while admitted < wanted do
-  local popped = redis.call('ZPOPMIN', waiting_key, wanted - admitted)
+local admitted, popped_total = 0, 0
+while admitted < wanted and popped_total < max_pops do
+  local popped = redis.call(
+    'ZPOPMIN', waiting_key, math.min(wanted - admitted, max_pops - popped_total))
   if #popped == 0 then
     break
   end
@@ -163,12 +168,13 @@ while admitted < wanted do
   for i = 1, #popped, 2 do
     consumers[#consumers + 1] = popped[i]
   end
+  popped_total = popped_total + #consumers
   local raws = redis.call('HMGET', entries_key, unpack(consumers))
   for i, consumer in ipairs(consumers) do
     local raw = raws[i]
     if raw then
       admitted = admitted + 1
-      local token_id = ARGV[3 + admitted]
+      local token_id = ARGV[4 + admitted]
       local entry = cjson.decode(raw)
       entry.status = 'admitted'
       entry.admitted_at = now
@@ -197,6 +203,7 @@ end
 if out[1] > 0 then
   redis.call('HINCRBY', counts_key, 'missing', out[1])
 end
+out[2] = redis.call('ZCARD', waiting_key)
 return out
 """
 
@@ -442,24 +449,24 @@ class RedisQueueStateStore:
         token_ids: Sequence[str],
         now: float,
         handoff_ttl_seconds: float,
-    ) -> list[EntryRecord]:
+    ) -> AdmissionBatch:
         if len(token_ids) > MAX_ADMISSIONS_PER_CALL:
             raise ValueError(
                 f"at most {MAX_ADMISSIONS_PER_CALL} admissions per call, not {len(token_ids)}"
             )
-        if not token_ids:
-            return []
         reply = await self._admit(
             keys=self.keys(queue),
             args=[
                 _number(now),
                 _number(now + handoff_ttl_seconds),
                 _number(now - ADMISSION_HISTORY_SECONDS),
+                MAX_ADMISSIONS_PER_CALL,
                 *token_ids,
             ],
         )
-        # reply[0]: how many were skipped for a missing entry (already in ``counts``)
-        return _decode_pairs(reply, start=1)
+        return AdmissionBatch(
+            _decode_pairs(reply, start=2), skipped=int(reply[0]), waiting=int(reply[1])
+        )
 
     async def expire_admissions(self, queue: QueueRef, now: float, limit: int) -> list[EntryRecord]:
         if limit <= 0:

@@ -14,7 +14,8 @@ Ceilings per queue (and so per organization and mode, times its open queues): th
 rate is at most 1,000,000 a minute, a tick's share at most ⌈rate/60⌉ (16,667); a
 worker pass admits at most two ticks' shares (the current one plus at most one for
 up to ``CATCH_UP_TICKS`` missed ones); every admission goes to the store in calls of
-at most ``MAX_ADMISSIONS_PER_CALL``.
+at most ``MAX_ADMISSIONS_PER_CALL``, at most ``ADMISSION_EXTRA_CALLS`` more than its
+count needs (see ``QueueEntries.admit``).
 """
 
 from __future__ import annotations

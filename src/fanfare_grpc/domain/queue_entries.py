@@ -56,6 +56,12 @@ RATE_WINDOW_SECONDS = 300.0
 # short calls (other clients' commands run in between) rather than one long one.
 ADMISSION_BATCH = MAX_ADMISSIONS_PER_CALL
 EXPIRY_BATCH = MAX_ADMISSIONS_PER_CALL
+# Store calls one admission may make beyond the ⌈count / ADMISSION_BATCH⌉ its count
+# needs. A call takes at most MAX_ADMISSIONS_PER_CALL consumers from the line, those
+# skipped for a missing entry included, so one admission skips at most about
+# 50 × 200 = 10,000 of them: a long line whose entries were all evicted is cleared by
+# successive admissions (each short), never walked whole by one RPC or worker pass.
+ADMISSION_EXTRA_CALLS = 50
 # Expiry calls per queue per worker pass: 20,000 expiries a second, more than the
 # largest tick's share of admissions (1,000,000/min ≈ 16,667 a second).
 EXPIRY_CALLS_PER_PASS = 100
@@ -326,38 +332,46 @@ class QueueEntries:
         In store calls of at most ``ADMISSION_BATCH``: each call is atomic, the whole
         admission is not (entries, departures and other queues' work run between two
         calls), so a large count never holds Redis for long. Every consumer is still
-        admitted once, in line order within each call."""
+        admitted once, in line order within each call. Calls go on until ``count`` are
+        admitted or the line is empty, at most ⌈count / ADMISSION_BATCH⌉ +
+        ``ADMISSION_EXTRA_CALLS`` of them (consumers skipped for a missing entry
+        use up calls too): past that, fewer than ``count`` are admitted.
+
+        Each call's admissions are announced (events, listeners) as soon as it returns,
+        so a later call failing (Redis gone midway) leaves no admitted consumer unannounced.
+        """
         ref = queue_ref(queue)
         now = self._now()
         admitted: list[EntryRecord] = []
-        while len(admitted) < count:
-            batch = min(count - len(admitted), ADMISSION_BATCH)
-            token_ids = [new_handoff_token_id() for _ in range(batch)]
-            admitted_now = await self._state.admit(
-                ref, token_ids, now, queue.handoff_ttl.total_seconds()
-            )
-            admitted.extend(admitted_now)
-            if len(admitted_now) < batch:
+        for _ in range(-(-count // ADMISSION_BATCH) + ADMISSION_EXTRA_CALLS):
+            wanted = min(count - len(admitted), ADMISSION_BATCH)
+            if wanted <= 0:
+                break
+            token_ids = [new_handoff_token_id() for _ in range(wanted)]
+            batch = await self._state.admit(ref, token_ids, now, queue.handoff_ttl.total_seconds())
+            admitted.extend(batch)
+            if batch:
+                for listener in self._admission_listeners:
+                    listener(ref)
+            for entry in batch:
+                await self._publish(event_types.QUEUE_CONSUMER_ADMITTED, queue, entry)
+            if batch.waiting == 0 or batch.popped == 0:
                 break  # nobody else is waiting
-        if admitted:
-            for listener in self._admission_listeners:
-                listener(ref)
-        for entry in admitted:
-            await self._publish(event_types.QUEUE_CONSUMER_ADMITTED, queue, entry)
         return admitted
 
     async def expire(self, queue: Queue) -> list[EntryRecord]:
         """Admitted consumers whose token expired unredeemed → EXPIRED (in store calls of
-        ``EXPIRY_BATCH``, at most ``EXPIRY_CALLS_PER_PASS`` of them; the rest next pass)."""
+        ``EXPIRY_BATCH``, at most ``EXPIRY_CALLS_PER_PASS`` of them; the rest next pass).
+        Each call's expiries are announced as soon as it returns (see ``admit``)."""
         ref, now = queue_ref(queue), self._now()
         expired: list[EntryRecord] = []
         for _ in range(EXPIRY_CALLS_PER_PASS):
             batch = await self._state.expire_admissions(ref, now, EXPIRY_BATCH)
             expired.extend(batch)
+            for entry in batch:
+                await self._publish(event_types.QUEUE_CONSUMER_EXPIRED, queue, entry)
             if len(batch) < EXPIRY_BATCH:
                 break
-        for entry in expired:
-            await self._publish(event_types.QUEUE_CONSUMER_EXPIRED, queue, entry)
         return expired
 
     async def deny(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 
@@ -41,10 +41,12 @@ class EntryStatus(enum.StrEnum):
 
 ACTIVE_STATUSES = frozenset({EntryStatus.QUEUED, EntryStatus.ADMITTED})
 
-# Admissions per ``admit`` call at most. On Redis one call is one Lua script, and
-# Redis runs nothing else meanwhile (rate limits, revocations, every other queue):
-# 200 admissions take about 2-3 ms of Redis time (500 about 6 ms, measured on a
-# developer machine); larger counts are several calls.
+# Admissions per ``admit`` call at most, and consumers taken from the line per call
+# at most (those skipped for a missing entry included: without that bound one call
+# of one admission could walk a whole line whose entries were evicted). On Redis one
+# call is one Lua script, and Redis runs nothing else meanwhile (rate limits,
+# revocations, every other queue): 200 admissions take about 2-3 ms of Redis time
+# (500 about 6 ms, measured on a developer machine); larger counts are several calls.
 MAX_ADMISSIONS_PER_CALL = 200
 
 
@@ -131,6 +133,28 @@ class EnterResult:
 
     outcome: EnterOutcome
     view: EntryView | None = None
+
+
+class AdmissionBatch(list[EntryRecord]):
+    """What one ``admit`` call admitted (in admission order; it is that list), and
+    what the caller needs to decide whether to call again.
+
+    Attributes:
+        skipped: Consumers taken from the line because their entry was missing.
+        waiting: Consumers still waiting when the call ended (0: the line is empty).
+    """
+
+    def __init__(
+        self, admitted: Iterable[EntryRecord] = (), *, skipped: int = 0, waiting: int = 0
+    ) -> None:
+        super().__init__(admitted)
+        self.skipped = skipped
+        self.waiting = waiting
+
+    @property
+    def popped(self) -> int:
+        """Consumers this call took from the line (admitted or skipped)."""
+        return len(self) + self.skipped
 
 
 class RedeemOutcome(enum.Enum):
@@ -228,13 +252,17 @@ class QueueStateStore(Protocol):
         token_ids: Sequence[str],
         now: float,
         handoff_ttl_seconds: float,
-    ) -> list[EntryRecord]:
+    ) -> AdmissionBatch:
         """Admit up to ``len(token_ids)`` lowest-scored waiting consumers: ADMITTED,
         with ``admitted_at`` = now, ``handoff_expires_at`` = now + ttl, and the i-th
         admitted gets ``token_ids[i]`` as ``handoff_token_id`` (fresh random ids from
         the caller: the store has no CSPRNG on Redis). Returns them in admission order;
         unused ids are discarded. Waiting consumers whose entry is missing are skipped
         (dropped from the line, counted in ``missing``) and use no token id.
+
+        One call takes at most ``MAX_ADMISSIONS_PER_CALL`` consumers from the line,
+        skipped ones included, so it may admit fewer than asked while consumers are
+        still waiting (``waiting`` > 0): the caller calls again if it wants more.
 
         Raises:
             ValueError: More than ``MAX_ADMISSIONS_PER_CALL`` token ids (one call is one
