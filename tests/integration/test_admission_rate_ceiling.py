@@ -125,3 +125,30 @@ async def test_concurrent_opens_cannot_both_pass(qw: QueueWorld) -> None:
         await stub.CloseQueue(
             queues.CloseQueueRequest(queue_id=opened[0].queue.queue_id), metadata=operator
         )
+
+
+async def test_concurrent_create_open_and_raise_cannot_both_pass(qw: QueueWorld) -> None:
+    stub, operator = qw.stub, qw.operator()
+    for _ in range(3):
+        draft = (await qw.create(admission_rate_per_minute=60)).queue.queue_id
+        slow = await qw.open_queue(admission_rate_per_minute=1)
+        later = timestamp(qw.world.clock() + dt.timedelta(hours=1))
+        # Any two of these take 121 > 100 together (with the slow queue's 1).
+        outcomes = await asyncio.gather(
+            stub.OpenQueue(queues.OpenQueueRequest(queue_id=draft), metadata=operator),
+            qw.create(admission_rate_per_minute=60, opens_at=later),
+            stub.UpdateQueue(_update(slow, admission_rate_per_minute=60), metadata=operator),
+            return_exceptions=True,
+        )
+        refused = [
+            o
+            for o in outcomes
+            if isinstance(o, grpc.aio.AioRpcError) and o.code() == RESOURCE_EXHAUSTED
+        ]
+        assert len(refused) == 2 and len(outcomes) == 3, outcomes
+        live = await stub.ListQueues(queues.ListQueuesRequest(page_size=100), metadata=operator)
+        for queue in live.queues:
+            if queue.status != queue_pb2.QUEUE_STATUS_CLOSED:
+                await stub.CloseQueue(
+                    queues.CloseQueueRequest(queue_id=queue.queue_id), metadata=operator
+                )
