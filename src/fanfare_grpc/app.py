@@ -221,7 +221,12 @@ class Application:
         events = RecordingEventPublisher(logger)
         queue_store = SqlQueueStore(database)
         queue_config = QueueConfigService(
-            queue_store, QueueStateDropper(cache.queue_states), events, clock=clock, logger=logger
+            queue_store,
+            QueueStateDropper(cache.queue_states),
+            events,
+            clock=clock,
+            logger=logger,
+            max_admission_rate_per_organization=settings.max_admission_rate_per_organization,
         )
         queue_entries = QueueEntries(
             queue_config,

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from fanfare_grpc.domain.queues import MAX_ADMISSION_RATE_PER_MINUTE
 from fanfare_grpc.login_codes.smtp import SmtpConfig
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -68,6 +69,10 @@ class Settings:
             one replica.
         max_concurrent_streams: HTTP/2 streams (calls in flight) one client connection
             may have open; further calls on that connection wait for a free one.
+        max_admission_rate_per_organization: Admissions per minute that one
+            organization's SCHEDULED, OPEN and PAUSED queues of one mode may add up to;
+            beyond it, creating, opening or speeding up a queue is refused with
+            RESOURCE_EXHAUSTED. The default is one queue at the per-queue maximum.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -100,6 +105,7 @@ class Settings:
     watch_streams_per_client: int = 64
     public_streams_per_client: int = 16
     max_concurrent_streams: int = 100
+    max_admission_rate_per_organization: int = MAX_ADMISSION_RATE_PER_MINUTE
 
     @property
     def effective_database_url(self) -> str:
@@ -239,6 +245,10 @@ class Settings:
             ),
             max_concurrent_streams=count(
                 "FANFARE_MAX_CONCURRENT_STREAMS", defaults.max_concurrent_streams
+            ),
+            max_admission_rate_per_organization=count(
+                "FANFARE_MAX_ADMISSION_RATE_PER_ORGANIZATION",
+                defaults.max_admission_rate_per_organization,
             ),
         )
         if settings.smtp_url is not None:

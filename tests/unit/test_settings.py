@@ -92,3 +92,13 @@ def test_settings_are_frozen() -> None:
 def test_malformed_values_name_their_variable(environment: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         Settings.from_env(environment)
+
+
+def test_admission_rate_ceiling_per_organization() -> None:
+    # Default: one queue at the per-queue maximum (the protos' 1,000,000 per minute).
+    assert Settings.from_env({}).max_admission_rate_per_organization == 1_000_000
+    settings = Settings.from_env({"FANFARE_MAX_ADMISSION_RATE_PER_ORGANIZATION": " 2500000 "})
+    assert settings.max_admission_rate_per_organization == 2_500_000
+    for value in ("0", "-1", "1.5", "lots"):
+        with pytest.raises(SettingsError, match="FANFARE_MAX_ADMISSION_RATE_PER_ORGANIZATION"):
+            Settings.from_env({"FANFARE_MAX_ADMISSION_RATE_PER_ORGANIZATION": value})

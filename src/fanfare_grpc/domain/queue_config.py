@@ -22,10 +22,13 @@ from fanfare_grpc.domain.queues import (
     CLOSABLE,
     DEFAULT_HANDOFF_TTL,
     DELETABLE,
+    MAX_ADMISSION_RATE_PER_MINUTE,
     OPENABLE,
     PAUSABLE,
     QUEUE_PREFIX,
+    RATE_COUNTED,
     UPDATABLE_FIELDS,
+    AdmissionRateCeilingExceeded,
     Queue,
     QueueChanges,
     QueueStatus,
@@ -38,8 +41,17 @@ Clock = Callable[[], dt.datetime]
 class QueueStore(Protocol):
     """Persistence of queue configuration, scoped by organization and mode."""
 
-    async def add(self, queue: Queue) -> None:
-        """Store a new queue."""
+    async def add(self, queue: Queue, *, rate_ceiling: int | None = None) -> None:
+        """Store a new queue.
+
+        With ``rate_ceiling``, atomically with the insert (no concurrent store of the
+        same organization and mode can interleave): the admission rates of the
+        organization's ``RATE_COUNTED`` queues in that mode, this one included, must
+        sum to at most ``rate_ceiling``.
+
+        Raises:
+            AdmissionRateCeilingExceeded: They would not; nothing was stored.
+        """
         ...
 
     async def get(self, organization_id: str, mode: str, queue_id: str) -> Queue | None:
@@ -58,8 +70,16 @@ class QueueStore(Protocol):
         """Queues newest first."""
         ...
 
-    async def replace(self, queue: Queue, expected: Queue) -> bool:
-        """Store ``queue`` if the stored one is unchanged since ``expected`` was read."""
+    async def replace(
+        self, queue: Queue, expected: Queue, *, rate_ceiling: int | None = None
+    ) -> bool:
+        """Store ``queue`` if the stored one is unchanged since ``expected`` was read.
+
+        ``rate_ceiling`` as for ``add``.
+
+        Raises:
+            AdmissionRateCeilingExceeded: The ceiling would be exceeded; nothing changed.
+        """
         ...
 
     async def delete(self, queue: Queue, statuses: Collection[QueueStatus]) -> bool:
@@ -91,6 +111,20 @@ def _invalid(field: str, description: str) -> errors.InvalidArgument:
     return errors.InvalidArgument(f"invalid {field}", (errors.FieldViolation(field, description),))
 
 
+def _ceiling_reached(
+    queue: Queue, exceeded: AdmissionRateCeilingExceeded
+) -> errors.ResourceExhausted:
+    room = max(exceeded.ceiling - exceeded.others, 0)
+    # A quota, not a rate limit: waiting does not help, so no retry-after.
+    return errors.ResourceExhausted(
+        f"admission rate ceiling reached: this organization's SCHEDULED, OPEN and PAUSED "
+        f"queues in {queue.mode} mode may admit at most {exceeded.ceiling} per minute "
+        f"together; the others take {exceeded.others}, so this queue may have at most "
+        f"{room}, not {queue.admission_rate_per_minute} (close a queue or lower a rate "
+        "first)"
+    )
+
+
 def _check_times(
     opens_at: dt.datetime | None, closes_at: dt.datetime | None, now: dt.datetime
 ) -> None:
@@ -111,8 +145,12 @@ class QueueConfigService:
         *,
         clock: Clock,
         logger: logging.Logger,
+        max_admission_rate_per_organization: int = MAX_ADMISSION_RATE_PER_MINUTE,
     ) -> None:
+        """``max_admission_rate_per_organization`` caps the summed admission rates of
+        one organization's SCHEDULED, OPEN and PAUSED queues in one mode."""
         self._store = store
+        self._rate_ceiling = max_admission_rate_per_organization
         self._cleaner = cleaner
         self._events = events
         self._clock = clock
@@ -133,6 +171,8 @@ class QueueConfigService:
         Raises:
             InvalidArgument: Bad name, a past ``opens_at``/``closes_at``, or closes
                 before it opens.
+            ResourceExhausted: SCHEDULED would take the organization past its admission
+                rate ceiling.
         """
         now = self._clock()
         if new.opens_at is not None and new.opens_at <= now:
@@ -152,7 +192,10 @@ class QueueConfigService:
             opens_at=new.opens_at,
             closes_at=new.closes_at,
         )
-        await self._store.add(queue)
+        try:
+            await self._store.add(queue, rate_ceiling=self._ceiling_for(queue, None))
+        except AdmissionRateCeilingExceeded as exceeded:
+            raise _ceiling_reached(queue, exceeded) from None
         return queue
 
     async def get(self, organization_id: str, mode: str, queue_id: str) -> Queue:
@@ -201,6 +244,8 @@ class QueueConfigService:
                 ``name.x``, which would change nothing), times in the past or out of
                 order.
             Aborted: The queue changed meanwhile (retry).
+            ResourceExhausted: A higher rate, or becoming SCHEDULED, would take the
+                organization past its admission rate ceiling.
         """
         if not changes.fields or not changes.fields <= UPDATABLE_FIELDS:
             raise _invalid(
@@ -250,7 +295,7 @@ class QueueConfigService:
             updated = dataclasses.replace(
                 updated, updated_at=current.updated_at + dt.timedelta(microseconds=1)
             )
-        if not await self._store.replace(updated, current):
+        if not await self._replace(updated, current):
             raise errors.Aborted("the queue changed meanwhile; retry")
         self._changed(updated)
         return updated
@@ -273,7 +318,8 @@ class QueueConfigService:
 
         Raises:
             NotFound, FailedPrecondition (OPEN, CLOSED, or its ``closes_at`` passed),
-            Aborted.
+            Aborted, ResourceExhausted (a DRAFT's rate would take the organization past
+            its admission rate ceiling).
         """
         queue = await self.get(organization_id, mode, queue_id)
         if queue.closes_at is not None and queue.closes_at <= self._clock():
@@ -327,7 +373,7 @@ class QueueConfigService:
             changed = dataclasses.replace(changed, opened_at=now)
         if target is QueueStatus.CLOSED:
             changed = dataclasses.replace(changed, closed_at=now)
-        if not await self._store.replace(changed, queue):
+        if not await self._replace(changed, queue):
             raise errors.Aborted("the queue changed meanwhile; retry")
         self._changed(changed)
         event_type = {QueueStatus.OPEN: QUEUE_OPENED, QueueStatus.CLOSED: QUEUE_CLOSED}.get(target)
@@ -336,6 +382,32 @@ class QueueConfigService:
         ):
             await self._publish(event_type, changed)
         return changed
+
+    def _ceiling_for(self, queue: Queue, previous: Queue | None) -> int | None:
+        """The ceiling to check when storing ``queue`` over ``previous``, or None.
+
+        Only a queue that starts to count or counts for more is checked: one already
+        counted keeps its share (pausing, reopening, the worker opening a SCHEDULED
+        queue), and lowering a rate is always allowed, even above a ceiling that an
+        operator has since lowered.
+        """
+        if queue.status not in RATE_COUNTED:
+            return None
+        if (
+            previous is not None
+            and previous.status in RATE_COUNTED
+            and queue.admission_rate_per_minute <= previous.admission_rate_per_minute
+        ):
+            return None
+        return self._rate_ceiling
+
+    async def _replace(self, queue: Queue, expected: Queue) -> bool:
+        try:
+            return await self._store.replace(
+                queue, expected, rate_ceiling=self._ceiling_for(queue, expected)
+            )
+        except AdmissionRateCeilingExceeded as exceeded:
+            raise _ceiling_reached(queue, exceeded) from None
 
     async def _publish(self, event_type: str, queue: Queue) -> None:
         try:

@@ -38,6 +38,12 @@ CLOSABLE = frozenset(
 DELETABLE = frozenset({QueueStatus.DRAFT, QueueStatus.CLOSED})
 # Consumers may enter these (SCHEDULED: into the pre-queue).
 ENTERABLE = frozenset({QueueStatus.SCHEDULED, QueueStatus.OPEN, QueueStatus.PAUSED})
+# Statuses whose admission rate counts against the organization's ceiling (per mode):
+# a SCHEDULED queue opens by itself and a PAUSED one may reopen at any moment, so
+# both hold their share as if OPEN.
+RATE_COUNTED = frozenset({QueueStatus.SCHEDULED, QueueStatus.OPEN, QueueStatus.PAUSED})
+# The highest admission_rate_per_minute the protos accept for one queue.
+MAX_ADMISSION_RATE_PER_MINUTE = 1_000_000
 UPDATABLE_FIELDS = frozenset(
     {"name", "opens_at", "closes_at", "admission_rate_per_minute", "handoff_ttl", "max_size"}
 )
@@ -93,3 +99,18 @@ class ScheduledQueue:
     opens_at: dt.datetime | None
     closes_at: dt.datetime | None
     closed_at: dt.datetime | None
+
+
+class AdmissionRateCeilingExceeded(Exception):
+    """Storing a queue would take its organization's counted queues (``RATE_COUNTED``,
+    same mode) past the ceiling; nothing was stored.
+
+    Attributes:
+        ceiling: The ceiling that was checked (admissions per minute).
+        others: What the organization's other counted queues in that mode take.
+    """
+
+    def __init__(self, ceiling: int, others: int) -> None:
+        super().__init__(f"admission rate ceiling {ceiling} exceeded ({others} in use)")
+        self.ceiling = ceiling
+        self.others = others

@@ -6,11 +6,17 @@ import datetime as dt
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fanfare_grpc.domain.pagination import ListCursor
-from fanfare_grpc.domain.queues import Queue, QueueStatus, ScheduledQueue
+from fanfare_grpc.domain.queues import (
+    RATE_COUNTED,
+    AdmissionRateCeilingExceeded,
+    Queue,
+    QueueStatus,
+    ScheduledQueue,
+)
 from fanfare_grpc.storage.database import Database
 from fanfare_grpc.storage.models import QueueRow, QueueScheduleRow
 
@@ -72,8 +78,10 @@ class SqlQueueStore:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def add(self, queue: Queue) -> None:
+    async def add(self, queue: Queue, *, rate_ceiling: int | None = None) -> None:
         async with self._database.transaction(queue.organization_id) as session:
+            if rate_ceiling is not None:
+                await self._lock_rates(session, queue)
             session.add(
                 QueueRow(
                     org_id=queue.organization_id,
@@ -91,6 +99,9 @@ class SqlQueueStore:
                     **_schedule_values(queue),
                 )
             )
+            if rate_ceiling is not None:
+                await session.flush()
+                await self._check_rates(session, queue, rate_ceiling)
 
     async def get(self, organization_id: str, mode: str, queue_id: str) -> Queue | None:
         async with self._database.transaction(organization_id) as session:
@@ -125,10 +136,14 @@ class SqlQueueStore:
         async with self._database.transaction(organization_id) as session:
             return [_queue(row) for row in await session.scalars(query)]
 
-    async def replace(self, queue: Queue, expected: Queue) -> bool:
+    async def replace(
+        self, queue: Queue, expected: Queue, *, rate_ceiling: int | None = None
+    ) -> bool:
         """Store ``queue`` if the stored one is still ``expected`` (same status and
         ``updated_at``): one conditional UPDATE, so concurrent changes cannot both win."""
         async with self._database.transaction(queue.organization_id) as session:
+            if rate_ceiling is not None:
+                await self._lock_rates(session, queue)
             changed = await session.execute(
                 update(QueueRow)
                 .where(
@@ -140,6 +155,8 @@ class SqlQueueStore:
             )
             if changed.rowcount != 1:  # type: ignore[attr-defined]
                 return False
+            if rate_ceiling is not None:
+                await self._check_rates(session, queue, rate_ceiling)
             await self._schedule(session, queue)
             return True
 
@@ -196,6 +213,36 @@ class SqlQueueStore:
                 )
                 for row in rows
             ]
+
+    # The ceiling check is race-free because the sum is read after this transaction
+    # wrote the queue, while no other check of the same organization and mode can
+    # write: on PostgreSQL the advisory lock below serialises them (held to commit;
+    # READ COMMITTED lets each statement after it see what the previous holder
+    # committed); on SQLite the write itself takes the database's single write lock
+    # (held to commit), and a transaction holding it reads the newest data. So of
+    # two concurrent stores the second sums with the first's queue already counted.
+
+    async def _lock_rates(self, session: AsyncSession, queue: Queue) -> None:
+        if self._database.dialect == "postgresql":
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                {"key": f"fanfare:queue-rates:{queue.organization_id}:{queue.mode}"},
+            )
+
+    @staticmethod
+    async def _check_rates(session: AsyncSession, queue: Queue, rate_ceiling: int) -> None:
+        """Raise (rolling the transaction back) if the counted rates, ``queue``'s as
+        just written included, exceed ``rate_ceiling``."""
+        others = await session.scalar(
+            select(func.coalesce(func.sum(QueueRow.admission_rate_per_minute), 0)).where(
+                QueueRow.org_id == queue.organization_id,
+                QueueRow.mode == queue.mode,
+                QueueRow.queue_id != queue.queue_id,
+                QueueRow.status.in_([status.value for status in RATE_COUNTED]),
+            )
+        )
+        if int(others or 0) + queue.admission_rate_per_minute > rate_ceiling:
+            raise AdmissionRateCeilingExceeded(rate_ceiling, int(others or 0))
 
     @staticmethod
     async def _schedule(session: AsyncSession, queue: Queue) -> None:

@@ -42,7 +42,9 @@ class QueueServiceStub:
     """Creates a queue: DRAFT, or SCHEDULED when opens_at is in the future.
     Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, ABORTED,
-    RESOURCE_EXHAUSTED, UNAVAILABLE.
+    RESOURCE_EXHAUSTED (rate limited; or SCHEDULED would take the summed admission rates
+    of the organization's SCHEDULED, OPEN and PAUSED queues in this mode past its
+    ceiling, without retry-after), UNAVAILABLE.
     """
     GetQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.GetQueueRequest, _queue_service_pb2.GetQueueResponse]
     """Returns one queue; a pk sees only its public fields.
@@ -61,7 +63,10 @@ class QueueServiceStub:
     Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad field or mask,
     closes_at not after opens_at), NOT_FOUND, FAILED_PRECONDITION (field not changeable
-    in the current status, e.g. a CLOSED queue), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+    in the current status, e.g. a CLOSED queue), ABORTED, RESOURCE_EXHAUSTED (rate
+    limited; or a higher rate of a SCHEDULED, OPEN or PAUSED queue, or a DRAFT becoming
+    SCHEDULED, would take the organization's summed admission rates in this mode past its
+    ceiling, without retry-after), UNAVAILABLE.
     """
     DeleteQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.DeleteQueueRequest, _queue_service_pb2.DeleteQueueResponse]
     """Deletes a DRAFT or CLOSED queue and its entries.
@@ -74,7 +79,9 @@ class QueueServiceStub:
     Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
     FAILED_PRECONDITION (already OPEN, CLOSED, or closes_at has passed), ABORTED,
-    RESOURCE_EXHAUSTED, UNAVAILABLE.
+    RESOURCE_EXHAUSTED (rate limited; or opening a DRAFT would take the summed admission
+    rates of the organization's SCHEDULED, OPEN and PAUSED queues in this mode past its
+    ceiling, without retry-after), UNAVAILABLE.
     """
     PauseQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.PauseQueueRequest, _queue_service_pb2.PauseQueueResponse]
     """Pauses automatic admission of an OPEN queue; entries are still accepted.
@@ -170,7 +177,9 @@ class QueueServiceAsyncStub(QueueServiceStub):
     """Creates a queue: DRAFT, or SCHEDULED when opens_at is in the future.
     Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, ABORTED,
-    RESOURCE_EXHAUSTED, UNAVAILABLE.
+    RESOURCE_EXHAUSTED (rate limited; or SCHEDULED would take the summed admission rates
+    of the organization's SCHEDULED, OPEN and PAUSED queues in this mode past its
+    ceiling, without retry-after), UNAVAILABLE.
     """
     GetQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.GetQueueRequest, _queue_service_pb2.GetQueueResponse]  # type: ignore[assignment]
     """Returns one queue; a pk sees only its public fields.
@@ -189,7 +198,10 @@ class QueueServiceAsyncStub(QueueServiceStub):
     Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad field or mask,
     closes_at not after opens_at), NOT_FOUND, FAILED_PRECONDITION (field not changeable
-    in the current status, e.g. a CLOSED queue), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+    in the current status, e.g. a CLOSED queue), ABORTED, RESOURCE_EXHAUSTED (rate
+    limited; or a higher rate of a SCHEDULED, OPEN or PAUSED queue, or a DRAFT becoming
+    SCHEDULED, would take the organization's summed admission rates in this mode past its
+    ceiling, without retry-after), UNAVAILABLE.
     """
     DeleteQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.DeleteQueueRequest, _queue_service_pb2.DeleteQueueResponse]  # type: ignore[assignment]
     """Deletes a DRAFT or CLOSED queue and its entries.
@@ -202,7 +214,9 @@ class QueueServiceAsyncStub(QueueServiceStub):
     Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
     FAILED_PRECONDITION (already OPEN, CLOSED, or closes_at has passed), ABORTED,
-    RESOURCE_EXHAUSTED, UNAVAILABLE.
+    RESOURCE_EXHAUSTED (rate limited; or opening a DRAFT would take the summed admission
+    rates of the organization's SCHEDULED, OPEN and PAUSED queues in this mode past its
+    ceiling, without retry-after), UNAVAILABLE.
     """
     PauseQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.PauseQueueRequest, _queue_service_pb2.PauseQueueResponse]  # type: ignore[assignment]
     """Pauses automatic admission of an OPEN queue; entries are still accepted.
@@ -301,7 +315,9 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         """Creates a queue: DRAFT, or SCHEDULED when opens_at is in the future.
         Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, ABORTED,
-        RESOURCE_EXHAUSTED, UNAVAILABLE.
+        RESOURCE_EXHAUSTED (rate limited; or SCHEDULED would take the summed admission rates
+        of the organization's SCHEDULED, OPEN and PAUSED queues in this mode past its
+        ceiling, without retry-after), UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -338,7 +354,10 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad field or mask,
         closes_at not after opens_at), NOT_FOUND, FAILED_PRECONDITION (field not changeable
-        in the current status, e.g. a CLOSED queue), ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+        in the current status, e.g. a CLOSED queue), ABORTED, RESOURCE_EXHAUSTED (rate
+        limited; or a higher rate of a SCHEDULED, OPEN or PAUSED queue, or a DRAFT becoming
+        SCHEDULED, would take the organization's summed admission rates in this mode past its
+        ceiling, without retry-after), UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -363,7 +382,9 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
         FAILED_PRECONDITION (already OPEN, CLOSED, or closes_at has passed), ABORTED,
-        RESOURCE_EXHAUSTED, UNAVAILABLE.
+        RESOURCE_EXHAUSTED (rate limited; or opening a DRAFT would take the summed admission
+        rates of the organization's SCHEDULED, OPEN and PAUSED queues in this mode past its
+        ceiling, without retry-after), UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
