@@ -19,7 +19,7 @@ from tests.consumers import serving_consumer_world
 from tests.grpc_helpers import bearer, expect_status, metadata_dict
 from tests.queues import QueueWorld, timestamp
 
-RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+CEILING_REACHED = grpc.StatusCode.FAILED_PRECONDITION
 CEILING = 100
 
 
@@ -39,7 +39,7 @@ def _update(queue_id: str, **fields: object) -> queues.UpdateQueueRequest:
 
 
 async def _refused(call: object, others: int) -> None:
-    error = await expect_status(call, RESOURCE_EXHAUSTED)
+    error = await expect_status(call, CEILING_REACHED)
     message = error.details() or ""
     assert f"at most {CEILING} per minute" in message, message
     assert f"the others take {others}" in message, message
@@ -119,7 +119,7 @@ async def test_concurrent_opens_cannot_both_pass(qw: QueueWorld) -> None:
         refused = [
             o
             for o in outcomes
-            if isinstance(o, grpc.aio.AioRpcError) and o.code() == RESOURCE_EXHAUSTED
+            if isinstance(o, grpc.aio.AioRpcError) and o.code() == CEILING_REACHED
         ]
         assert (len(opened), len(refused)) == (1, 1), outcomes
         await stub.CloseQueue(
@@ -143,7 +143,7 @@ async def test_concurrent_create_open_and_raise_cannot_both_pass(qw: QueueWorld)
         refused = [
             o
             for o in outcomes
-            if isinstance(o, grpc.aio.AioRpcError) and o.code() == RESOURCE_EXHAUSTED
+            if isinstance(o, grpc.aio.AioRpcError) and o.code() == CEILING_REACHED
         ]
         assert len(refused) == 2 and len(outcomes) == 3, outcomes
         live = await stub.ListQueues(queues.ListQueuesRequest(page_size=100), metadata=operator)

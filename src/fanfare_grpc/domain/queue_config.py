@@ -113,10 +113,11 @@ def _invalid(field: str, description: str) -> errors.InvalidArgument:
 
 def _ceiling_reached(
     queue: Queue, exceeded: AdmissionRateCeilingExceeded
-) -> errors.ResourceExhausted:
+) -> errors.FailedPrecondition:
     room = max(exceeded.ceiling - exceeded.others, 0)
-    # A quota, not a rate limit: waiting does not help, so no retry-after.
-    return errors.ResourceExhausted(
+    # The organization's other queues are in the way: waiting does not help (API.md's
+    # RESOURCE_EXHAUSTED always carries a retry-after), changing them does.
+    return errors.FailedPrecondition(
         f"admission rate ceiling reached: this organization's SCHEDULED, OPEN and PAUSED "
         f"queues in {queue.mode} mode may admit at most {exceeded.ceiling} per minute "
         f"together; the others take {exceeded.others}, so this queue may have at most "
@@ -171,7 +172,7 @@ class QueueConfigService:
         Raises:
             InvalidArgument: Bad name, a past ``opens_at``/``closes_at``, or closes
                 before it opens.
-            ResourceExhausted: SCHEDULED would take the organization past its admission
+            FailedPrecondition: SCHEDULED would take the organization past its admission
                 rate ceiling.
         """
         now = self._clock()
@@ -244,7 +245,7 @@ class QueueConfigService:
                 ``name.x``, which would change nothing), times in the past or out of
                 order.
             Aborted: The queue changed meanwhile (retry).
-            ResourceExhausted: A higher rate, or becoming SCHEDULED, would take the
+            FailedPrecondition: A higher rate, or becoming SCHEDULED, would take the
                 organization past its admission rate ceiling.
         """
         if not changes.fields or not changes.fields <= UPDATABLE_FIELDS:
@@ -318,7 +319,7 @@ class QueueConfigService:
 
         Raises:
             NotFound, FailedPrecondition (OPEN, CLOSED, or its ``closes_at`` passed),
-            Aborted, ResourceExhausted (a DRAFT's rate would take the organization past
+            Aborted, FailedPrecondition (a DRAFT's rate would take the organization past
             its admission rate ceiling).
         """
         queue = await self.get(organization_id, mode, queue_id)

@@ -137,10 +137,10 @@ class QueueServiceServicer:
     def CreateQueue(self, request, context):
         """Creates a queue: DRAFT, or SCHEDULED when opens_at is in the future.
         Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
-        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, ABORTED,
-        RESOURCE_EXHAUSTED (rate limited; or SCHEDULED would take the summed admission rates
-        of the organization's SCHEDULED, OPEN and PAUSED queues in this mode past its
-        ceiling, without retry-after), UNAVAILABLE.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, FAILED_PRECONDITION
+        (SCHEDULED would take the summed admission rates of the organization's SCHEDULED,
+        OPEN and PAUSED queues in this mode past its ceiling), ABORTED, RESOURCE_EXHAUSTED,
+        UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,10 +171,10 @@ class QueueServiceServicer:
         Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad field or mask,
         closes_at not after opens_at), NOT_FOUND, FAILED_PRECONDITION (field not changeable
-        in the current status, e.g. a CLOSED queue), ABORTED, RESOURCE_EXHAUSTED (rate
-        limited; or a higher rate of a SCHEDULED, OPEN or PAUSED queue, or a DRAFT becoming
-        SCHEDULED, would take the organization's summed admission rates in this mode past its
-        ceiling, without retry-after), UNAVAILABLE.
+        in the current status, e.g. a CLOSED queue; or a higher rate of a SCHEDULED, OPEN or
+        PAUSED queue, or a DRAFT becoming SCHEDULED, would take the organization's summed
+        admission rates in this mode past its ceiling), ABORTED, RESOURCE_EXHAUSTED,
+        UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,10 +194,10 @@ class QueueServiceServicer:
         """Opens a DRAFT, SCHEDULED or PAUSED queue now; a pre-queue is shuffled (CSPRNG) first.
         Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
-        FAILED_PRECONDITION (already OPEN, CLOSED, or closes_at has passed), ABORTED,
-        RESOURCE_EXHAUSTED (rate limited; or opening a DRAFT would take the summed admission
-        rates of the organization's SCHEDULED, OPEN and PAUSED queues in this mode past its
-        ceiling, without retry-after), UNAVAILABLE.
+        FAILED_PRECONDITION (already OPEN, CLOSED, or closes_at has passed; or opening a
+        DRAFT would take the summed admission rates of the organization's SCHEDULED, OPEN
+        and PAUSED queues in this mode past its ceiling), ABORTED, RESOURCE_EXHAUSTED,
+        UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

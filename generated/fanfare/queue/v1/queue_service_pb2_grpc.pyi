@@ -41,10 +41,10 @@ class QueueServiceStub:
     CreateQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.CreateQueueRequest, _queue_service_pb2.CreateQueueResponse]
     """Creates a queue: DRAFT, or SCHEDULED when opens_at is in the future.
     Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
-    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, ABORTED,
-    RESOURCE_EXHAUSTED (rate limited; or SCHEDULED would take the summed admission rates
-    of the organization's SCHEDULED, OPEN and PAUSED queues in this mode past its
-    ceiling, without retry-after), UNAVAILABLE.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, FAILED_PRECONDITION
+    (SCHEDULED would take the summed admission rates of the organization's SCHEDULED,
+    OPEN and PAUSED queues in this mode past its ceiling), ABORTED, RESOURCE_EXHAUSTED,
+    UNAVAILABLE.
     """
     GetQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.GetQueueRequest, _queue_service_pb2.GetQueueResponse]
     """Returns one queue; a pk sees only its public fields.
@@ -63,10 +63,10 @@ class QueueServiceStub:
     Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad field or mask,
     closes_at not after opens_at), NOT_FOUND, FAILED_PRECONDITION (field not changeable
-    in the current status, e.g. a CLOSED queue), ABORTED, RESOURCE_EXHAUSTED (rate
-    limited; or a higher rate of a SCHEDULED, OPEN or PAUSED queue, or a DRAFT becoming
-    SCHEDULED, would take the organization's summed admission rates in this mode past its
-    ceiling, without retry-after), UNAVAILABLE.
+    in the current status, e.g. a CLOSED queue; or a higher rate of a SCHEDULED, OPEN or
+    PAUSED queue, or a DRAFT becoming SCHEDULED, would take the organization's summed
+    admission rates in this mode past its ceiling), ABORTED, RESOURCE_EXHAUSTED,
+    UNAVAILABLE.
     """
     DeleteQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.DeleteQueueRequest, _queue_service_pb2.DeleteQueueResponse]
     """Deletes a DRAFT or CLOSED queue and its entries.
@@ -78,10 +78,10 @@ class QueueServiceStub:
     """Opens a DRAFT, SCHEDULED or PAUSED queue now; a pre-queue is shuffled (CSPRNG) first.
     Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
-    FAILED_PRECONDITION (already OPEN, CLOSED, or closes_at has passed), ABORTED,
-    RESOURCE_EXHAUSTED (rate limited; or opening a DRAFT would take the summed admission
-    rates of the organization's SCHEDULED, OPEN and PAUSED queues in this mode past its
-    ceiling, without retry-after), UNAVAILABLE.
+    FAILED_PRECONDITION (already OPEN, CLOSED, or closes_at has passed; or opening a
+    DRAFT would take the summed admission rates of the organization's SCHEDULED, OPEN
+    and PAUSED queues in this mode past its ceiling), ABORTED, RESOURCE_EXHAUSTED,
+    UNAVAILABLE.
     """
     PauseQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.PauseQueueRequest, _queue_service_pb2.PauseQueueResponse]
     """Pauses automatic admission of an OPEN queue; entries are still accepted.
@@ -176,10 +176,10 @@ class QueueServiceAsyncStub(QueueServiceStub):
     CreateQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.CreateQueueRequest, _queue_service_pb2.CreateQueueResponse]  # type: ignore[assignment]
     """Creates a queue: DRAFT, or SCHEDULED when opens_at is in the future.
     Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
-    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, ABORTED,
-    RESOURCE_EXHAUSTED (rate limited; or SCHEDULED would take the summed admission rates
-    of the organization's SCHEDULED, OPEN and PAUSED queues in this mode past its
-    ceiling, without retry-after), UNAVAILABLE.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, FAILED_PRECONDITION
+    (SCHEDULED would take the summed admission rates of the organization's SCHEDULED,
+    OPEN and PAUSED queues in this mode past its ceiling), ABORTED, RESOURCE_EXHAUSTED,
+    UNAVAILABLE.
     """
     GetQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.GetQueueRequest, _queue_service_pb2.GetQueueResponse]  # type: ignore[assignment]
     """Returns one queue; a pk sees only its public fields.
@@ -198,10 +198,10 @@ class QueueServiceAsyncStub(QueueServiceStub):
     Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad field or mask,
     closes_at not after opens_at), NOT_FOUND, FAILED_PRECONDITION (field not changeable
-    in the current status, e.g. a CLOSED queue), ABORTED, RESOURCE_EXHAUSTED (rate
-    limited; or a higher rate of a SCHEDULED, OPEN or PAUSED queue, or a DRAFT becoming
-    SCHEDULED, would take the organization's summed admission rates in this mode past its
-    ceiling, without retry-after), UNAVAILABLE.
+    in the current status, e.g. a CLOSED queue; or a higher rate of a SCHEDULED, OPEN or
+    PAUSED queue, or a DRAFT becoming SCHEDULED, would take the organization's summed
+    admission rates in this mode past its ceiling), ABORTED, RESOURCE_EXHAUSTED,
+    UNAVAILABLE.
     """
     DeleteQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.DeleteQueueRequest, _queue_service_pb2.DeleteQueueResponse]  # type: ignore[assignment]
     """Deletes a DRAFT or CLOSED queue and its entries.
@@ -213,10 +213,10 @@ class QueueServiceAsyncStub(QueueServiceStub):
     """Opens a DRAFT, SCHEDULED or PAUSED queue now; a pre-queue is shuffled (CSPRNG) first.
     Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
-    FAILED_PRECONDITION (already OPEN, CLOSED, or closes_at has passed), ABORTED,
-    RESOURCE_EXHAUSTED (rate limited; or opening a DRAFT would take the summed admission
-    rates of the organization's SCHEDULED, OPEN and PAUSED queues in this mode past its
-    ceiling, without retry-after), UNAVAILABLE.
+    FAILED_PRECONDITION (already OPEN, CLOSED, or closes_at has passed; or opening a
+    DRAFT would take the summed admission rates of the organization's SCHEDULED, OPEN
+    and PAUSED queues in this mode past its ceiling), ABORTED, RESOURCE_EXHAUSTED,
+    UNAVAILABLE.
     """
     PauseQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.PauseQueueRequest, _queue_service_pb2.PauseQueueResponse]  # type: ignore[assignment]
     """Pauses automatic admission of an OPEN queue; entries are still accepted.
@@ -314,10 +314,10 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_queue_service_pb2.CreateQueueResponse, _abc.Awaitable[_queue_service_pb2.CreateQueueResponse]]:
         """Creates a queue: DRAFT, or SCHEDULED when opens_at is in the future.
         Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
-        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, ABORTED,
-        RESOURCE_EXHAUSTED (rate limited; or SCHEDULED would take the summed admission rates
-        of the organization's SCHEDULED, OPEN and PAUSED queues in this mode past its
-        ceiling, without retry-after), UNAVAILABLE.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, FAILED_PRECONDITION
+        (SCHEDULED would take the summed admission rates of the organization's SCHEDULED,
+        OPEN and PAUSED queues in this mode past its ceiling), ABORTED, RESOURCE_EXHAUSTED,
+        UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -354,10 +354,10 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (bad field or mask,
         closes_at not after opens_at), NOT_FOUND, FAILED_PRECONDITION (field not changeable
-        in the current status, e.g. a CLOSED queue), ABORTED, RESOURCE_EXHAUSTED (rate
-        limited; or a higher rate of a SCHEDULED, OPEN or PAUSED queue, or a DRAFT becoming
-        SCHEDULED, would take the organization's summed admission rates in this mode past its
-        ceiling, without retry-after), UNAVAILABLE.
+        in the current status, e.g. a CLOSED queue; or a higher rate of a SCHEDULED, OPEN or
+        PAUSED queue, or a DRAFT becoming SCHEDULED, would take the organization's summed
+        admission rates in this mode past its ceiling), ABORTED, RESOURCE_EXHAUSTED,
+        UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -381,10 +381,10 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         """Opens a DRAFT, SCHEDULED or PAUSED queue now; a pre-queue is shuffled (CSPRNG) first.
         Caller: sk with role ADMIN or OPERATOR. Accepts idempotency-key.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
-        FAILED_PRECONDITION (already OPEN, CLOSED, or closes_at has passed), ABORTED,
-        RESOURCE_EXHAUSTED (rate limited; or opening a DRAFT would take the summed admission
-        rates of the organization's SCHEDULED, OPEN and PAUSED queues in this mode past its
-        ceiling, without retry-after), UNAVAILABLE.
+        FAILED_PRECONDITION (already OPEN, CLOSED, or closes_at has passed; or opening a
+        DRAFT would take the summed admission rates of the organization's SCHEDULED, OPEN
+        and PAUSED queues in this mode past its ceiling), ABORTED, RESOURCE_EXHAUSTED,
+        UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
