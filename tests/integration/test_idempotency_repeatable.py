@@ -41,7 +41,7 @@ def race_the_next_update(qw: QueueWorld) -> None:
     real_replace = store.replace
     raced = False
 
-    async def racing_replace(updated: Any, current: Any) -> bool:
+    async def racing_replace(updated: Any, current: Any, **options: Any) -> bool:
         nonlocal raced
         if not raced:
             raced = True
@@ -49,7 +49,7 @@ def race_the_next_update(qw: QueueWorld) -> None:
                 current, name="renamed by another caller", updated_at=updated.updated_at
             )
             assert await real_replace(other, current)
-        return bool(await real_replace(updated, current))
+        return bool(await real_replace(updated, current, **options))
 
     store.replace = racing_replace
 
