@@ -66,6 +66,7 @@ _IGNORED_WITHOUT: tuple[tuple[str, str, str], ...] = (
 _REDACTED = "<redacted>"
 _Text = TypeVar("_Text", str, str | None)
 _MAX_REDIS_PREFIX_LENGTH = 64
+_MAX_ISSUER_LENGTH = 256
 
 
 class SettingsError(ValueError):
@@ -319,7 +320,9 @@ class Settings:
             health_check_timeout_seconds=seconds(
                 "FANFARE_HEALTH_CHECK_TIMEOUT_SECONDS", defaults.health_check_timeout_seconds
             ),
-            token_issuer=text("FANFARE_TOKEN_ISSUER") or defaults.token_issuer,
+            token_issuer=_checked(
+                text("FANFARE_TOKEN_ISSUER") or defaults.token_issuer, _check_issuer
+            ),
             access_token_ttl_seconds=seconds(
                 "FANFARE_ACCESS_TOKEN_TTL_SECONDS", defaults.access_token_ttl_seconds
             ),
@@ -467,6 +470,15 @@ def _check_redis_prefix(prefix: str) -> None:
         raise SettingsError(
             f"FANFARE_REDIS_PREFIX must be at most {_MAX_REDIS_PREFIX_LENGTH} printable "
             "characters without spaces, '{' or '}'"
+        )
+
+
+def _check_issuer(issuer: str) -> None:
+    # It is compared verbatim in every token: a stray control character would make
+    # tokens of this deployment fail elsewhere with no visible difference.
+    if len(issuer) > _MAX_ISSUER_LENGTH or not issuer.isprintable():
+        raise SettingsError(
+            f"FANFARE_TOKEN_ISSUER must be at most {_MAX_ISSUER_LENGTH} printable characters"
         )
 
 

@@ -185,6 +185,8 @@ def test_every_numeric_setting_has_finite_bounds_around_its_default() -> None:
         ({"FANFARE_REDIS_PREFIX": "ff{tenant}"}, "FANFARE_REDIS_PREFIX"),
         ({"FANFARE_REDIS_PREFIX": "ff}"}, "FANFARE_REDIS_PREFIX"),
         ({"FANFARE_REDIS_PREFIX": "f f"}, "FANFARE_REDIS_PREFIX"),
+        ({"FANFARE_TOKEN_ISSUER": "fanfare\x00"}, "FANFARE_TOKEN_ISSUER"),
+        ({"FANFARE_TOKEN_ISSUER": "i" * 257}, "FANFARE_TOKEN_ISSUER"),
         ({"FANFARE_SMTP_FROM": "no-reply"}, "FANFARE_SMTP_FROM"),
         ({"FANFARE_SMTP_FROM": "a@x.test, b@y.test"}, "FANFARE_SMTP_FROM"),
         ({"FANFARE_SMTP_FROM": "Fanfare <a@x.test>\r\nBcc: b@y.test"}, "FANFARE_SMTP_FROM"),
