@@ -126,11 +126,6 @@ def merged_environment(arguments: argparse.Namespace, environ: dict[str, str]) -
     return merged
 
 
-def settings_from(arguments: argparse.Namespace, environ: dict[str, str]) -> Settings:
-    """Settings from the environment overridden by the command line options."""
-    return Settings.from_env(merged_environment(arguments, environ))
-
-
 def _show_config(settings: Settings, as_json: bool) -> None:
     rows = settings.described()
     if as_json:
