@@ -38,7 +38,8 @@ from fanfare_grpc.domain.organizations import create_organization
 from fanfare_grpc.logs import configure_logging
 from fanfare_grpc.private_files import DataDirError, prepare_data_dir
 from fanfare_grpc.server import ListenError, run_worker_process, serve
-from fanfare_grpc.settings import Settings, SettingsError
+from fanfare_grpc.setting_files import check_setting_files
+from fanfare_grpc.settings import Settings, SettingsError, configuration_warnings
 from fanfare_grpc.storage import migrate
 from fanfare_grpc.storage.data_keys import DataKeyRewrapper
 from fanfare_grpc.storage.database import Database, DatabaseUnreachable, database_location
@@ -105,16 +106,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status_parser.add_argument("--json", action="store_true", help="print one JSON object")
     _add_options(status_parser, _COMMON_OPTIONS)
+
+    config_parser = commands.add_parser("config", help="inspect the configuration")
+    config_commands = config_parser.add_subparsers(dest="config_command", required=True)
+    show_parser = config_commands.add_parser(
+        "show", help="print the effective settings, secrets and URL passwords redacted"
+    )
+    show_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_options(show_parser, _COMMON_OPTIONS + _SERVER_OPTIONS)
     return parser
 
 
-def settings_from(arguments: argparse.Namespace, environ: dict[str, str]) -> Settings:
+def merged_environment(arguments: argparse.Namespace, environ: dict[str, str]) -> dict[str, str]:
     """Environment variables overridden by the options given on the command line."""
     merged = dict(environ)
     for key, value in vars(arguments).items():
         if key.startswith("FANFARE_") and value is not None:
             merged[key] = value
-    return Settings.from_env(merged)
+    return merged
+
+
+def _show_config(settings: Settings, as_json: bool) -> None:
+    rows = settings.described()
+    if as_json:
+        print(json.dumps(dict(rows)))
+        return
+    # An unset optional setting prints as an empty value, as it would be written.
+    print("\n".join(f"{variable}={value or ''}" for variable, value in rows))
 
 
 async def _migrate(settings: Settings) -> None:
@@ -268,14 +286,23 @@ def _retire_advice(usage: MasterKeyUsage) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fanfare-grpc`` console script."""
     arguments = build_parser().parse_args(argv)
+    environment = merged_environment(arguments, dict(os.environ))
     try:
-        settings = settings_from(arguments, dict(os.environ))
+        settings = Settings.from_env(environment)
+        # Only the processes that use them need the files (and have them mounted).
+        if arguments.command in ("serve", "worker"):
+            check_setting_files(settings, tls=arguments.command == "serve")
     except SettingsError as error:
         print(f"fanfare-grpc: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    logger = logging.getLogger(LOGGER_NAME)
+    for warning in configuration_warnings(environment):
+        logger.warning(warning)
     try:
-        if arguments.command == "serve":
+        if arguments.command == "config":
+            _show_config(settings, arguments.json)
+        elif arguments.command == "serve":
             asyncio.run(serve(settings, run_worker=not arguments.no_worker))
         elif arguments.command == "worker":
             asyncio.run(run_worker_process(settings))

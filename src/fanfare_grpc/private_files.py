@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 PRIVATE_DIRECTORY_MODE = 0o700
@@ -40,7 +41,8 @@ def prepare_data_dir(path: Path, logger: logging.Logger) -> None:
     own by definition. When we do not own it, chmod fails and we warn instead.
 
     Raises:
-        DataDirError: It cannot be created (a file is in the way, no permission).
+        DataDirError: It cannot be created or written (a file is in the way, no
+            permission, a read-only mount).
     """
     try:
         make_private_directory(path)
@@ -48,6 +50,15 @@ def prepare_data_dir(path: Path, logger: logging.Logger) -> None:
     except OSError as error:
         raise DataDirError(
             f"cannot create the data dir {path} ({error.strerror or error}): check "
+            "FANFARE_DATA_DIR and that this user may create and write it"
+        ) from error
+    try:
+        # Writing, not os.access: that answers yes to root on a read-only mount, and
+        # the SQLite file or the dev master key would then fail with a traceback.
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        raise DataDirError(
+            f"cannot write in the data dir {path} ({error.strerror or error}): check "
             "FANFARE_DATA_DIR and that this user may create and write it"
         ) from error
     if not mode & 0o077:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 from pathlib import Path
 
 import pytest
 
-from fanfare_grpc.login_codes.smtp import SmtpConfig, SmtpSecurity
+from fanfare_grpc.domain.access import Mode
+from fanfare_grpc.login_codes.sender import LoginCodeMessage
+from fanfare_grpc.login_codes.smtp import (
+    SmtpConfig,
+    SmtpSecurity,
+    _compose,
+    parse_sender_address,
+)
 
 SENDER = "login@fanfare.test"
 PASSWORD = "hunter2-secret"
@@ -106,3 +115,44 @@ def test_bad_sender_address(sender: str) -> None:
 def test_injected_header_in_sender_is_rejected() -> None:
     with pytest.raises(ValueError, match="sender address"):
         SmtpConfig.from_url("smtp://mail.example.test", "a@x.test\r\nBcc: b@y.test", None)
+
+
+@pytest.mark.parametrize(
+    ("sender", "address"),
+    [
+        ("Fanfare <no-reply@localhost>", "no-reply@localhost"),
+        ('"Box, Office" <box@fanfare.test>', "box@fanfare.test"),
+        ("login@fanfare.test", "login@fanfare.test"),
+    ],
+)
+def test_sender_with_a_display_name_is_accepted(sender: str, address: str) -> None:
+    # The documented default has a display name; the old check refused its space.
+    assert parse_sender_address(sender) == address
+    config = SmtpConfig.from_url("smtp://mail.example.test", sender, None)
+    mail = _compose(
+        LoginCodeMessage(
+            organization_id="org_1",
+            mode=Mode.LIVE,
+            challenge_id="chl_1",
+            email="shopper@example.test",
+            code="123456",
+            expires_at=dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+        ),
+        config.sender_address,
+    )
+    assert email.utils.parseaddr(str(mail["From"]))[1] == address
+    assert str(mail["Message-ID"]).endswith(f"@{address.rpartition('@')[2]}>")
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "a@x.test, b@y.test",
+        "Fanfare <a@x.test>\nBcc: b@y.test",
+        "Fanfare <a@x.test>\rBcc: b@y.test",
+        "Fanfare <no-reply>",
+    ],
+)
+def test_several_addresses_or_line_breaks_are_refused(sender: str) -> None:
+    with pytest.raises(ValueError, match="sender address"):
+        parse_sender_address(sender)

@@ -96,7 +96,7 @@ class SmtpConfig:
             raise ValueError("smtp+insecure:// takes no credentials: they would travel in clear")
         if security is SmtpSecurity.PLAINTEXT and ca_file is not None:
             raise ValueError("smtp+insecure:// uses no TLS, so a CA file would be ignored")
-        _check_address(sender_address)
+        parse_sender_address(sender_address)
         return cls(
             host=parts.hostname,
             port=explicit_port or _DEFAULT_PORTS[security],
@@ -108,12 +108,27 @@ class SmtpConfig:
         )
 
 
-def _check_address(address: str) -> None:
-    # Whitespace or line breaks in the From address would let configuration inject
+def parse_sender_address(sender: str) -> str:
+    """The bare ``name@domain`` of a From value such as ``Fanfare <no-reply@localhost>``.
+
+    Raises:
+        ValueError: It is not one address: line breaks (header injection), several
+            addresses, or no ``name@domain``.
+    """
+    # Line breaks or control characters in the From value would let configuration inject
     # headers; anything without an "@" is a typo that every server would reject later.
+    if any(not char.isprintable() for char in sender):
+        raise ValueError("SMTP sender address must be one line of printable characters")
+    addresses = email.utils.getaddresses([sender])
+    if len(addresses) != 1:
+        raise ValueError("SMTP sender address must be one address like name@domain")
+    _, address = addresses[0]
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain or any(char.isspace() for char in address):
-        raise ValueError("SMTP sender address must look like name@domain")
+        raise ValueError(
+            "SMTP sender address must look like name@domain or Display Name <name@domain>"
+        )
+    return address
 
 
 def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
@@ -184,7 +199,9 @@ def _compose(message: LoginCodeMessage, sender_address: str) -> email.message.Em
     mail["Date"] = email.utils.format_datetime(dt.datetime.now(dt.UTC))
     # Without an explicit domain make_msgid calls socket.getfqdn(), a blocking DNS
     # lookup on the event loop.
-    mail["Message-ID"] = email.utils.make_msgid(domain=sender_address.rpartition("@")[2])
+    mail["Message-ID"] = email.utils.make_msgid(
+        domain=parse_sender_address(sender_address).rpartition("@")[2]
+    )
     mail.set_content(
         f"Your login code is {message.code}\n"
         "\n"
