@@ -43,7 +43,7 @@ from fanfare_grpc.domain.session_service import SessionService, TokenLifetimes
 from fanfare_grpc.domain.stream_slots import StreamLimits, StreamSlots
 from fanfare_grpc.login_codes.sender import LogCodeSender
 from fanfare_grpc.login_codes.smtp import SmtpCodeSender, SmtpConfig
-from fanfare_grpc.outages import RetriedFailureLog
+from fanfare_grpc.outages import DependencyOutages, RetriedFailureLog
 from fanfare_grpc.permissions import PERMISSIONS, MethodPolicy
 from fanfare_grpc.private_files import prepare_data_dir
 from fanfare_grpc.settings import Settings
@@ -110,6 +110,8 @@ class Application:
     settings: Settings
     logger: logging.Logger
     clock: Clock
+    # Every component reports backend failures here: one outage story per dependency.
+    outages: DependencyOutages
     database: Database
     cache: Cache
     validator: protovalidate.Validator
@@ -144,12 +146,14 @@ class Application:
         clock: Clock = utc_now,
         cache: Cache | None = None,
         tick_clock: TickClock | None = None,
+        outages: DependencyOutages | None = None,
     ) -> Application:
         """Create (but do not yet connect) every dependency.
 
         ``cache`` replaces the one the settings name (tests wrap it to inject faults).
         ``tick_clock`` numbers the admission ticks; by default the cache's shared clock
-        (Redis ``TIME``), or ``clock`` with the in-process cache.
+        (Redis ``TIME``), or ``clock`` with the in-process cache. ``outages`` replaces
+        the process's outage tracker (tests give it a clock they move).
 
         Raises:
             MasterKeyError: The master key configuration is unusable.
@@ -166,7 +170,8 @@ class Application:
         )
         api_keys = SqlApiKeyStore(database)
         verifier = KeyVerifier(api_keys, cache.counters, wall_clock=clock)
-        key_invalidations = PubSubKeyInvalidations(cache.pubsub, logger, verifier)
+        outages = outages or DependencyOutages(logger)
+        key_invalidations = PubSubKeyInvalidations(cache.pubsub, logger, verifier, outages=outages)
         envelope = Envelope(master_keys, SqlDataKeyStore(database))
         signing_keys = SigningKeyRing(
             SqlSigningKeyStore(database),
@@ -191,6 +196,7 @@ class Application:
             # A marker lasts as long as any access token of the session may.
             marker_lifetime=lifetimes.access + LEEWAY,
             logger=logger,
+            outages=outages,
         )
         consumer_tokens = ConsumerTokenVerifier(
             signing_keys,
@@ -242,6 +248,7 @@ class Application:
             settings=settings,
             logger=logger,
             clock=clock,
+            outages=outages,
             database=database,
             cache=cache,
             validator=protovalidate.Validator(),
@@ -252,8 +259,10 @@ class Application:
             api_keys=api_keys,
             key_service=ApiKeyService(api_keys, key_invalidations, clock),
             key_verifier=verifier,
-            key_usage=KeyUsageRecorder(api_keys, logger),
-            key_invalidation_listener=KeyInvalidationListener(cache.pubsub, verifier, logger),
+            key_usage=KeyUsageRecorder(api_keys, logger, outages=outages),
+            key_invalidation_listener=KeyInvalidationListener(
+                cache.pubsub, verifier, logger, outages=outages
+            ),
             key_invalidations=key_invalidations,
             signing_keys=signing_keys,
             consumers=consumers,
@@ -285,7 +294,10 @@ class Application:
                     envelope.deployment_ip_digester().digest,
                 ),
                 RetriedFailureLog(
-                    logger, "position refresh", meanwhile="streams keep their last position"
+                    logger,
+                    "position refresh",
+                    meanwhile="streams keep their last position",
+                    outages=outages,
                 ),
             ),
             queue_worker=QueueWorker(

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from fanfare_grpc.cache.protocols import Cache
+from fanfare_grpc.outages import DependencyOutages
 from fanfare_grpc.storage.database import Database
 
 OVERALL = ""
@@ -34,6 +35,7 @@ class ServingStatusMonitor:
         *,
         interval_seconds: float,
         timeout_seconds: float,
+        outages: DependencyOutages | None = None,
     ) -> None:
         self._health = health
         self._services = (OVERALL, *service_names)
@@ -43,11 +45,19 @@ class ServingStatusMonitor:
         self._interval = interval_seconds
         self._timeout = timeout_seconds
         self._serving: bool | None = None
+        self._outages = outages
 
     async def probe_once(self) -> bool:
         """Probe the backends now and publish the status; True if serving."""
         database_ok = await self._database.ping(self._timeout)
         cache_ok = await self._cache.ping()
+        if self._outages is not None:
+            # A probe that answers ends an outage even when nothing else retries
+            # (failures come from the calls and jobs, which carry the exception).
+            if database_ok:
+                self._outages.reachable("database")
+            if cache_ok and self._cache.shared_between_processes:
+                self._outages.reachable("redis")
         serving = database_ok and cache_ok
         if serving != self._serving:
             self._serving = serving

@@ -170,6 +170,7 @@ async def start_server(
         logger,
         interval_seconds=settings.health_check_interval_seconds,
         timeout_seconds=settings.health_check_timeout_seconds,
+        outages=application.outages,
     )
     await monitor.probe_once()
     await server.start()
@@ -187,6 +188,7 @@ async def start_server(
             background_jobs(application.queue_worker),
             logger,
             stop_grace_seconds=settings.shutdown_grace_seconds,
+            outages=application.outages,
         )
         tasks.append(asyncio.create_task(worker.run(worker_stop), name="worker"))
     with contextlib.suppress(TimeoutError):
@@ -261,6 +263,7 @@ async def run_worker_process(settings: Settings) -> None:
             background_jobs(application.queue_worker),
             application.logger,
             stop_grace_seconds=settings.shutdown_grace_seconds,
+            outages=application.outages,
         )
         with stop_signals((signal.SIGTERM, signal.SIGINT)) as stop_signal:
             task = asyncio.create_task(worker.run(stop))

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from fanfare_grpc.backends import is_backend_unavailable
-from fanfare_grpc.outages import OutageLog
+from fanfare_grpc.outages import DependencyOutages, OutageLog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +38,10 @@ class Worker:
         *,
         stop_grace_seconds: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
+        outages: DependencyOutages | None = None,
     ) -> None:
         self._jobs = tuple(jobs)
+        self._outages = outages
         self._logger = logger
         self._stop_grace = stop_grace_seconds
         self._monotonic = monotonic
@@ -65,7 +67,12 @@ class Worker:
             self._logger.info("worker stopped")
 
     async def _loop(self, job: PeriodicJob, stop: asyncio.Event) -> None:
-        outage = OutageLog(self._logger, f"background job {job.name}", clock=self._monotonic)
+        outage = OutageLog(
+            self._logger,
+            f"background job {job.name}",
+            clock=self._monotonic,
+            outages=self._outages,
+        )
         while not stop.is_set():
             try:
                 await job.run()

@@ -23,7 +23,7 @@ from fanfare_grpc.authentication.key_verifier import (
 from fanfare_grpc.backends import is_backend_unavailable
 from fanfare_grpc.cache.protocols import PubSub
 from fanfare_grpc.domain.access import Mode
-from fanfare_grpc.outages import OutageLog, RetriedFailureLog
+from fanfare_grpc.outages import DependencyOutages, OutageLog, RetriedFailureLog
 
 CHANNEL = "api-keys:changed"
 RECONNECT_DELAY_SECONDS = 0.5
@@ -75,6 +75,7 @@ class PubSubKeyInvalidations:
         verifier: KeyVerifier,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        outages: DependencyOutages | None = None,
     ) -> None:
         self._pubsub = pubsub
         self._verifier = verifier
@@ -86,6 +87,7 @@ class PubSubKeyInvalidations:
                 "revoking and rotating calls answer UNAVAILABLE; cached API keys "
                 f"re-checked every {STALE_AFTER_SECONDS:g} s on this server"
             ),
+            outages=outages,
         )
         # Messages not yet published, with when they stop mattering (every replica has
         # re-read the key by then).
@@ -144,12 +146,22 @@ class PubSubKeyInvalidations:
 class KeyInvalidationListener:
     """Feeds broadcast key changes to this process's ``KeyVerifier``; reconnects forever."""
 
-    def __init__(self, pubsub: PubSub, verifier: KeyVerifier, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        pubsub: PubSub,
+        verifier: KeyVerifier,
+        logger: logging.Logger,
+        *,
+        outages: DependencyOutages | None = None,
+    ) -> None:
         self._pubsub = pubsub
         self._verifier = verifier
         self._logger = logger
         self._outage = OutageLog(
-            logger, "key invalidation channel", meanwhile="cached API keys re-checked every 1 s"
+            logger,
+            "key invalidation channel",
+            meanwhile="cached API keys re-checked every 1 s",
+            outages=outages,
         )
         self.subscribed = asyncio.Event()
 

@@ -34,7 +34,7 @@ from fanfare_grpc import errors
 from fanfare_grpc.cache.protocols import KeyValueStore
 from fanfare_grpc.domain.access import Mode
 from fanfare_grpc.domain.consumer_sessions import ConsumerSession
-from fanfare_grpc.outages import RetriedFailureLog
+from fanfare_grpc.outages import DependencyOutages, RetriedFailureLog
 
 STALE_AFTER_SECONDS = 2.0
 RECHECK_AFTER_SECONDS = 300.0
@@ -82,6 +82,7 @@ class SessionRevocations:
         marker_lifetime: dt.timedelta,
         logger: logging.Logger,
         monotonic: Callable[[], float] = time.monotonic,
+        outages: DependencyOutages | None = None,
     ) -> None:
         self._markers = markers
         self._sessions = sessions
@@ -94,6 +95,7 @@ class SessionRevocations:
                 "revoking calls answer UNAVAILABLE; cached consumer tokens re-checked "
                 f"against the database every {STALE_AFTER_SECONDS:g} s"
             ),
+            outages=outages,
         )
         # Markers not yet written, with when they stop mattering (every token dead).
         self._pending: dict[_SessionKey, float] = {}

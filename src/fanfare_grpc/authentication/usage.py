@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from fanfare_grpc.backends import is_backend_unavailable
-from fanfare_grpc.outages import OutageLog
+from fanfare_grpc.outages import DependencyOutages, OutageLog
 
 FLUSH_INTERVAL_SECONDS = 5.0
 
@@ -25,10 +25,18 @@ class LastUsedStore(Protocol):
 class KeyUsageRecorder:
     """Collects the latest use per key in memory; ``flush`` writes them in one batch."""
 
-    def __init__(self, store: LastUsedStore, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        store: LastUsedStore,
+        logger: logging.Logger,
+        *,
+        outages: DependencyOutages | None = None,
+    ) -> None:
         self._store = store
         self._logger = logger
-        self._outage = OutageLog(logger, "key usage recording", meanwhile="uses kept in memory")
+        self._outage = OutageLog(
+            logger, "key usage recording", meanwhile="uses kept in memory", outages=outages
+        )
         self._pending: dict[tuple[str, str], dt.datetime] = {}
 
     def note(self, organization_id: str, key_id: str, used_at: dt.datetime) -> None:

@@ -27,7 +27,7 @@ def build_interceptor_chain(application: Application) -> list[aio.ServerIntercep
     """All server interceptors, outermost first."""
     return [
         StreamWriterInterceptor(),
-        RequestContextInterceptor(application.logger),
+        RequestContextInterceptor(application.logger, application.outages),
         # Before authentication: the methods it caps need no credential.
         PublicStreamCapInterceptor(
             application.permissions,

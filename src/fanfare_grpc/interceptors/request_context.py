@@ -36,6 +36,7 @@ from fanfare_grpc.interceptors.wrapping import (
     UnaryBehaviour,
 )
 from fanfare_grpc.logs import BUDGETED
+from fanfare_grpc.outages import DependencyOutages
 
 _QUIET_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 UNAVAILABLE_MESSAGE = "service temporarily unavailable, retry later"
@@ -51,8 +52,9 @@ _DEADLINE_MARGIN_SECONDS = 0.1
 class RequestContextInterceptor(BehaviourInterceptor):
     """Creates the call state, maps errors and logs the outcome of every call."""
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, outages: DependencyOutages | None = None) -> None:
         self._logger = logger
+        self._outages = outages
 
     async def around_unary(
         self,
@@ -118,6 +120,11 @@ class RequestContextInterceptor(BehaviourInterceptor):
         if isinstance(error, NotImplementedError):
             return status_for_unimplemented()
         if is_backend_unavailable(error):
+            if self._outages is not None:
+                # One traceback per outage, not one per call: the call's access line
+                # says UNAVAILABLE, the process's outage lines say why.
+                self._outages.failed(state.method, error)
+                return status_for_domain_error(errors.Unavailable(UNAVAILABLE_MESSAGE))
             self._logger.warning(
                 "backend unavailable",
                 extra={
