@@ -312,6 +312,8 @@ async def test_an_unreachable_postgres_is_one_line_naming_it_without_the_passwor
         {
             "FANFARE_DATABASE_URL": f"postgresql+psycopg://fanfare:s3cretpw@127.0.0.1:{port}/db",
             "FANFARE_REDIS_URL": REDIS_URL,
+            # With PostgreSQL no dev master key is generated: deployments pass theirs.
+            "FANFARE_MASTER_KEY": _new_master_key(),
         },
     )
     code, stdout, stderr = await run_cli(*command, env=env)
