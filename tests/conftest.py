@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from fanfare_grpc.app import Application, Clock, utc_now
+from fanfare_grpc.crypto.master_keys import load_master_key_ring
 from fanfare_grpc.domain.organizations import NewOrganization, create_organization
 from fanfare_grpc.domain.queue_admission import TickClock
 from fanfare_grpc.permissions import PERMISSIONS, MethodPolicy
@@ -30,7 +31,13 @@ class BackendSettings:
 
 
 def embedded_settings(data_dir: Path) -> Settings:
-    """SQLite file + in-process cache: what ``make run`` uses."""
+    """SQLite file + in-process cache: what ``make run`` uses.
+
+    The data dir gets its dev master key file now, as ``make run`` generates it:
+    tests that swap in PostgreSQL keep a key of their own (none is generated for a
+    shared database).
+    """
+    load_master_key_ring(None, (), data_dir)
     return Settings(
         listen="127.0.0.1:0",
         data_dir=data_dir,

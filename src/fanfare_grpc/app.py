@@ -14,6 +14,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 
 import protovalidate
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from fanfare_grpc.authentication.consumer_tokens import ConsumerTokenVerifier
@@ -26,9 +27,11 @@ from fanfare_grpc.authentication.session_revocations import SessionRevocations
 from fanfare_grpc.authentication.usage import KeyUsageRecorder
 from fanfare_grpc.cache.factory import open_cache
 from fanfare_grpc.cache.protocols import Cache
+from fanfare_grpc.crypto.canary import verify_master_keys
 from fanfare_grpc.crypto.consumer_emails import ConsumerEmailVault
 from fanfare_grpc.crypto.envelope import Envelope
 from fanfare_grpc.crypto.jwt_tokens import LEEWAY
+from fanfare_grpc.crypto.master_key_alarm import MasterKeyAlarm
 from fanfare_grpc.crypto.master_keys import MasterKeySource
 from fanfare_grpc.crypto.signing_keys import SigningKeyRing
 from fanfare_grpc.domain.api_key_service import ApiKeyService
@@ -55,6 +58,7 @@ from fanfare_grpc.storage.data_keys import SqlDataKeyStore
 from fanfare_grpc.storage.database import Database
 from fanfare_grpc.storage.idempotency_commits import SqlIdempotencyClaims
 from fanfare_grpc.storage.login_challenges import SqlChallengeStore
+from fanfare_grpc.storage.master_key_canary import SqlCanaryStore
 from fanfare_grpc.storage.organizations import SqlOrganizationStore
 from fanfare_grpc.storage.queues import SqlQueueStore
 from fanfare_grpc.storage.signing_keys import SqlSigningKeyStore
@@ -93,6 +97,12 @@ def redis_location(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}/{database}"
 
 
+def may_create_dev_master_key(settings: Settings) -> bool:
+    """Only for an embedded (SQLite) database: a shared one holds data under a key
+    the operator must supply, and a fresh key would open none of it."""
+    return make_url(settings.effective_database_url).get_backend_name() == "sqlite"
+
+
 def shared_tick_clock(cache: Cache, clock: Clock) -> TickClock:
     """The cache's clock (one for every worker of the deployment), else ``clock``."""
 
@@ -116,6 +126,7 @@ class Application:
     cache: Cache
     validator: protovalidate.Validator
     envelope: Envelope
+    master_key_alarm: MasterKeyAlarm
     idempotency_claims: SqlIdempotencyClaims
     permissions: Mapping[str, MethodPolicy]
     organizations: SqlOrganizationStore
@@ -166,13 +177,17 @@ class Application:
         )
         cache = cache or open_cache(settings)
         master_keys = MasterKeySource.configured(
-            settings.master_key, settings.master_keys_old, settings.data_dir
+            settings.master_key,
+            settings.master_keys_old,
+            settings.data_dir,
+            may_create_dev_key=may_create_dev_master_key(settings),
         )
+        master_key_alarm = MasterKeyAlarm(logger)
         api_keys = SqlApiKeyStore(database)
         verifier = KeyVerifier(api_keys, cache.counters, wall_clock=clock)
         outages = outages or DependencyOutages(logger)
         key_invalidations = PubSubKeyInvalidations(cache.pubsub, logger, verifier, outages=outages)
-        envelope = Envelope(master_keys, SqlDataKeyStore(database))
+        envelope = Envelope(master_keys, SqlDataKeyStore(database), master_key_alarm)
         signing_keys = SigningKeyRing(
             SqlSigningKeyStore(database),
             # New signing keys are sealed under the newest master key, like data keys.
@@ -253,6 +268,7 @@ class Application:
             cache=cache,
             validator=protovalidate.Validator(),
             envelope=envelope,
+            master_key_alarm=master_key_alarm,
             idempotency_claims=SqlIdempotencyClaims(database),
             permissions=permissions,
             organizations=SqlOrganizationStore(database),
@@ -331,6 +347,18 @@ class Application:
             raise out_of_date from error
         if current != migrate.head_revision():
             raise out_of_date
+
+    async def check_master_keys(self) -> None:
+        """Refuse master keys that do not open the deployment's canary (written if absent).
+
+        Raises:
+            MasterKeyMismatch: One line naming the configured and the stored key ids.
+            DatabaseUnreachable: The database cannot be reached.
+        """
+        try:
+            await verify_master_keys(self.envelope.ring, SqlCanaryStore(self.database, self.clock))
+        except (OperationalError, OSError, TimeoutError) as error:
+            raise self.database.unreachable(error) from error
 
     async def check_cache(self) -> None:
         """Refuse to start without the shared cache, or with one that may evict keys.

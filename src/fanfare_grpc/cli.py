@@ -22,9 +22,14 @@ from fanfare_grpc.app import (
     CacheUnreachable,
     SchemaOutOfDate,
     UnsharedCache,
+    may_create_dev_master_key,
+    utc_now,
 )
+from fanfare_grpc.crypto.canary import verify_master_keys
 from fanfare_grpc.crypto.master_keys import (
+    DEV_KEY_FILE,
     MasterKeyError,
+    MasterKeyRing,
     add_dev_master_key,
     load_master_key_ring,
 )
@@ -32,6 +37,7 @@ from fanfare_grpc.crypto.rotation import (
     MasterKeyUsage,
     master_key_usage,
     rewrap_data_keys,
+    rewrap_master_key_canary,
     rewrap_signing_keys,
 )
 from fanfare_grpc.domain.organizations import create_organization
@@ -43,6 +49,7 @@ from fanfare_grpc.settings import Settings, SettingsError, configuration_warning
 from fanfare_grpc.storage import migrate
 from fanfare_grpc.storage.data_keys import DataKeyRewrapper
 from fanfare_grpc.storage.database import Database, DatabaseUnreachable, database_location
+from fanfare_grpc.storage.master_key_canary import SqlCanaryStore
 from fanfare_grpc.storage.signing_keys import SigningKeyRewrapper
 
 # (option, environment variable, help)
@@ -135,6 +142,44 @@ def _show_config(settings: Settings, as_json: bool) -> None:
     print("\n".join(f"{variable}={value or ''}" for variable, value in rows))
 
 
+def _master_key_ring(settings: Settings) -> MasterKeyRing:
+    """The configured ring; a dev key is generated only for an embedded database."""
+    return load_master_key_ring(
+        settings.master_key,
+        settings.master_keys_old,
+        settings.data_dir,
+        may_create_dev_key=may_create_dev_master_key(settings),
+    )
+
+
+async def _seal_master_key_canary(settings: Settings) -> None:
+    """Write the master key canary now if this command has the master key, else leave
+    it to the first server; an existing one must open (a wrong key fails here first).
+
+    Raises:
+        MasterKeyMismatch: The configured keys do not open the stored canary.
+    """
+    has_keys = (
+        settings.master_key is not None
+        or may_create_dev_master_key(settings)
+        or (settings.data_dir / DEV_KEY_FILE).exists()
+    )
+    if not has_keys:
+        return
+    if settings.uses_data_dir:
+        prepare_data_dir(settings.data_dir, logging.getLogger(LOGGER_NAME))
+    ring = _master_key_ring(settings)
+    owner = Database.from_url(
+        settings.effective_owner_database_url,
+        as_owner=True,
+        setting=settings.owner_database_setting,
+    )
+    try:
+        await verify_master_keys(ring, SqlCanaryStore(owner, utc_now))
+    finally:
+        await owner.dispose()
+
+
 async def _migrate(settings: Settings) -> None:
     logger = logging.getLogger(LOGGER_NAME)
     if settings.database_owner_url is None and settings.database_url is None:
@@ -142,6 +187,7 @@ async def _migrate(settings: Settings) -> None:
     await migrate.upgrade_to_head(
         settings.effective_owner_database_url, setting=settings.owner_database_setting
     )
+    await _seal_master_key_canary(settings)
     logger.info(
         "database schema up to date",
         extra={
@@ -155,6 +201,8 @@ async def _create_organization(settings: Settings, name: str, as_json: bool) -> 
     application = Application.build(settings)
     try:
         await application.check_schema()
+        # Never wrap a new organization under a key that does not open the others.
+        await application.check_master_keys()
         created = await create_organization(
             application.organizations, application.envelope, name, application.clock()
         )
@@ -190,26 +238,32 @@ async def _rotate_master_key(settings: Settings) -> None:
         # Before adding a key version: never leave a new key with nothing wrapped under it.
         await owner.require_reachable()
         if settings.master_key is None:
-            new_key = add_dev_master_key(settings.data_dir)
+            new_key = add_dev_master_key(
+                settings.data_dir, may_create_dev_key=may_create_dev_master_key(settings)
+            )
             print(f"added master key version {new_key.key_id} to {settings.data_dir}")
-        ring = load_master_key_ring(
-            settings.master_key, settings.master_keys_old, settings.data_dir
-        )
+        ring = _master_key_ring(settings)
         data_keys, signing_keys = DataKeyRewrapper(owner), SigningKeyRewrapper(owner)
         rewrapped = await rewrap_data_keys(ring, data_keys)
         resealed = await rewrap_signing_keys(ring, signing_keys)
+        # Last: servers only start if the canary opens, so it follows the keys.
+        canary = await rewrap_master_key_canary(ring, SqlCanaryStore(owner, utc_now))
         usage = master_key_usage(
             ring,
             await data_keys.count_by_master_key(),
             await signing_keys.count_by_master_key(),
+            canary=None if canary is None else canary.master_key_id,
         )
     finally:
         await owner.dispose()
     print(f"re-wrapped {rewrapped} data keys under {ring.current.key_id}")
     print(f"re-sealed {resealed} token signing keys under {ring.current.key_id}")
-    left = [u for u in usage if u.state != "current" and (u.data_keys or u.signing_keys)]
+    left = [
+        u for u in usage if u.state != "current" and (u.data_keys or u.signing_keys or u.canary)
+    ]
     if left:
         count = sum(u.data_keys + u.signing_keys for u in left)
+        what = f"{count} keys are" if count else "the master key canary is"
         versions = ", ".join(u.key_id for u in left)
         # A missing version cannot be opened here; a configured one only holds keys
         # a server wrapped while this ran, before it saw the new version.
@@ -220,7 +274,7 @@ async def _rotate_master_key(settings: Settings) -> None:
             else "run `fanfare-grpc master-key rotate` again"
         )
         raise MasterKeyError(
-            f"{count} keys are still wrapped under {versions}: {remedy} "
+            f"{what} still wrapped under {versions}: {remedy} "
             "(`fanfare-grpc master-key status` counts them)"
         )
 
@@ -229,7 +283,7 @@ async def _master_key_status(settings: Settings, as_json: bool) -> None:
     """Print, per master key version, how many keys it wraps and if it may be retired."""
     if settings.uses_data_dir:
         prepare_data_dir(settings.data_dir, logging.getLogger(LOGGER_NAME))
-    ring = load_master_key_ring(settings.master_key, settings.master_keys_old, settings.data_dir)
+    ring = _master_key_ring(settings)
     owner = Database.from_url(
         settings.effective_owner_database_url,
         as_owner=True,
@@ -238,10 +292,12 @@ async def _master_key_status(settings: Settings, as_json: bool) -> None:
     try:
         # Counts span organizations, which only the tables' owner may read.
         await owner.require_reachable()
+        canary = await SqlCanaryStore(owner, utc_now).get_canary()
         usage = master_key_usage(
             ring,
             await DataKeyRewrapper(owner).count_by_master_key(),
             await SigningKeyRewrapper(owner).count_by_master_key(),
+            canary=None if canary is None else canary.master_key_id,
         )
     finally:
         await owner.dispose()
@@ -267,6 +323,7 @@ def _usage_json(usage: list[MasterKeyUsage]) -> list[dict[str, object]]:
             "state": u.state,
             "data_keys": u.data_keys,
             "signing_keys": u.signing_keys,
+            "canary": u.canary,
             "safe_to_retire": u.safe_to_retire,
         }
         for u in usage

@@ -1,7 +1,8 @@
 """Serving status for ``grpc.health.v1.Health``, overall and per service.
 
-NOT_SERVING while the database (or the shared cache) cannot be reached, and for
-good once draining starts, so load balancers stop sending new calls.
+NOT_SERVING while the database (or the shared cache) cannot be reached, once a
+stored key turned out not to open with this process's master keys (until restart),
+and for good once draining starts, so load balancers stop sending new calls.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from fanfare_grpc.cache.protocols import Cache
+from fanfare_grpc.crypto.master_key_alarm import MasterKeyAlarm
 from fanfare_grpc.outages import DependencyOutages
 from fanfare_grpc.storage.database import Database
 
@@ -33,6 +35,7 @@ class ServingStatusMonitor:
         cache: Cache,
         logger: logging.Logger,
         *,
+        master_key_alarm: MasterKeyAlarm | None = None,
         interval_seconds: float,
         timeout_seconds: float,
         outages: DependencyOutages | None = None,
@@ -42,6 +45,7 @@ class ServingStatusMonitor:
         self._database = database
         self._cache = cache
         self._logger = logger
+        self._master_key_alarm = master_key_alarm
         self._interval = interval_seconds
         self._timeout = timeout_seconds
         self._serving: bool | None = None
@@ -58,12 +62,14 @@ class ServingStatusMonitor:
                 self._outages.reachable("database")
             if cache_ok and self._cache.shared_between_processes:
                 self._outages.reachable("redis")
-        serving = database_ok and cache_ok
+        # The alarm logged its own error line (with the key ids) when it was raised.
+        master_keys_ok = self._master_key_alarm is None or not self._master_key_alarm.raised
+        serving = database_ok and cache_ok and master_keys_ok
         if serving != self._serving:
             self._serving = serving
             if serving:
                 self._logger.info("backends reachable: SERVING")
-            else:
+            elif not (database_ok and cache_ok):
                 self._logger.warning(
                     "backend unreachable: NOT_SERVING",
                     extra={"database_ok": database_ok, "cache_ok": cache_ok},

@@ -124,6 +124,7 @@ async def start_server(
         SchemaOutOfDate: The database is reachable but not migrated.
         CacheUnreachable: Redis does not answer.
         CacheMayEvict: Redis may evict keys (and eviction is not allowed).
+        MasterKeyMismatch: The master keys do not open the deployment's canary.
     """
     settings = application.settings
     logger = application.logger
@@ -132,6 +133,7 @@ async def start_server(
     # schema: a supervisor restarts us, and the operator sees what to fix.
     await application.check_cache()
     await application.check_schema()
+    await application.check_master_keys()
 
     server = aio.server(
         interceptors=build_interceptor_chain(application), options=server_options(settings)
@@ -168,6 +170,7 @@ async def start_server(
         application.database,
         application.cache,
         logger,
+        master_key_alarm=application.master_key_alarm,
         interval_seconds=settings.health_check_interval_seconds,
         timeout_seconds=settings.health_check_timeout_seconds,
         outages=application.outages,
@@ -259,6 +262,7 @@ async def run_worker_process(settings: Settings) -> None:
         application.check_shared_state()
         await application.check_cache()
         await application.check_schema()
+        await application.check_master_keys()
         worker = Worker(
             background_jobs(application.queue_worker),
             application.logger,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -18,6 +19,10 @@ from fanfare_grpc.domain.names import UNSAFE_TEXT_DESCRIPTION
 from tests.backends import REDIS_URL
 from tests.grpc_helpers import run_grpcurl
 from tests.processes import ServerProcess, process_env, run_cli
+
+
+def _new_master_key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
 
 
 async def test_migrate_is_idempotent(tmp_path: Path) -> None:
@@ -85,6 +90,8 @@ async def test_commands_refuse_an_unmigrated_postgres_database_by_its_address(
             "FANFARE_DATABASE_URL": postgres_url,
             "FANFARE_REDIS_URL": REDIS_URL,
             "FANFARE_REDIS_PREFIX": redis_prefix,
+            # With PostgreSQL no dev master key is generated: deployments pass theirs.
+            "FANFARE_MASTER_KEY": _new_master_key(),
         },
     )
     url = make_url(postgres_url)
@@ -153,6 +160,8 @@ async def test_serve_on_postgres_and_redis_from_the_environment(
             "FANFARE_DATABASE_URL": postgres_url,
             "FANFARE_REDIS_URL": REDIS_URL,
             "FANFARE_REDIS_PREFIX": redis_prefix,
+            # With PostgreSQL no dev master key is generated: deployments pass theirs.
+            "FANFARE_MASTER_KEY": _new_master_key(),
         },
     )
     code, _, stderr = await run_cli("migrate", env=env)
@@ -175,7 +184,10 @@ async def test_serve_on_postgres_and_redis_from_the_environment(
 async def test_serve_refuses_postgres_with_the_in_process_cache(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    env = process_env(tmp_path, {"FANFARE_DATABASE_URL": postgres_url})
+    env = process_env(
+        tmp_path,
+        {"FANFARE_DATABASE_URL": postgres_url, "FANFARE_MASTER_KEY": _new_master_key()},
+    )
     assert (await run_cli("migrate", env=env))[0] == 0
     for command in ("serve", "worker"):
         code, _, stderr = await run_cli(command, env=env)
@@ -300,6 +312,8 @@ async def test_an_unreachable_postgres_is_one_line_naming_it_without_the_passwor
         {
             "FANFARE_DATABASE_URL": f"postgresql+psycopg://fanfare:s3cretpw@127.0.0.1:{port}/db",
             "FANFARE_REDIS_URL": REDIS_URL,
+            # With PostgreSQL no dev master key is generated: deployments pass theirs.
+            "FANFARE_MASTER_KEY": _new_master_key(),
         },
     )
     code, stdout, stderr = await run_cli(*command, env=env)

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Protocol
 
+from fanfare_grpc import errors
 from fanfare_grpc.crypto import aead
 from fanfare_grpc.crypto.digests import (
     KeyedDigester,
@@ -19,9 +20,12 @@ from fanfare_grpc.crypto.digests import (
     email_index_digester,
     ip_digester,
 )
+from fanfare_grpc.crypto.master_key_alarm import MasterKeyAlarm
 from fanfare_grpc.crypto.master_keys import MasterKeyRing, MasterKeySource, new_key_material
 
 FIRST_DATA_KEY_VERSION = 1
+# Shown to callers: no key ids (they are not the caller's business).
+MASTER_KEY_UNAVAILABLE = "encrypted data cannot be opened by this server right now"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +66,20 @@ def value_context(organization_id: str, table: str, column: str, row_id: str) ->
 class Envelope:
     """Encrypts and decrypts organization data; caches unwrapped data keys in memory."""
 
-    def __init__(self, master_keys: MasterKeyRing | MasterKeySource, store: DataKeyStore) -> None:
+    def __init__(
+        self,
+        master_keys: MasterKeyRing | MasterKeySource,
+        store: DataKeyStore,
+        alarm: MasterKeyAlarm | None = None,
+    ) -> None:
         """
         Args:
             master_keys: A fixed ring, or the deployment's keys followed as
                 ``master-key rotate`` changes them (servers).
+            alarm: Told when a stored data key does not open (servers report
+                NOT_SERVING then).
         """
+        self._alarm = alarm
         self._master_keys = (
             master_keys
             if isinstance(master_keys, MasterKeySource)
@@ -125,7 +137,15 @@ class Envelope:
         stored = await self._store.get_data_key(organization_id, version)
         if stored is None:
             raise MissingDataKey(organization_id)
-        material = self.unwrap(stored)
+        try:
+            material = self.unwrap(stored)
+        except aead.DecryptionError:
+            if self._alarm is None:
+                raise
+            # Not this call's fault and not a bug: this process lacks the key. The
+            # caller may succeed on a replica that has it (UNAVAILABLE, not INTERNAL).
+            self._alarm.report(stored.master_key_id, self.ring)
+            raise errors.Unavailable(MASTER_KEY_UNAVAILABLE) from None
         self._data_keys[(organization_id, version)] = material
         return material
 

@@ -73,17 +73,35 @@ def new_key_material() -> bytes:
     return os.urandom(KEY_LENGTH)
 
 
+# A fresh key opens nothing a shared database already holds: with PostgreSQL the
+# operator must say which key the deployment uses.
+DEV_KEY_REFUSED = (
+    "FANFARE_MASTER_KEY is required with PostgreSQL (no dev key is generated for a shared database)"
+)
+
+
 def load_master_key_ring(
-    master_key: str | None, master_keys_old: tuple[str, ...], data_dir: Path
+    master_key: str | None,
+    master_keys_old: tuple[str, ...],
+    data_dir: Path,
+    *,
+    may_create_dev_key: bool = True,
 ) -> MasterKeyRing:
-    """The ring from the environment, or from (and created in) the dev data dir."""
+    """The ring from the environment, or from (and created in) the dev data dir.
+
+    ``may_create_dev_key`` is False with PostgreSQL: a dev key file that exists is
+    still read (``master-key rotate`` appends to it), but none is generated.
+
+    Raises:
+        MasterKeyError: Malformed keys, or no key where none may be generated.
+    """
     if master_key:
         current = MasterKey.from_base64(master_key, "FANFARE_MASTER_KEY")
         retired = tuple(
             MasterKey.from_base64(value, "FANFARE_MASTER_KEYS_OLD") for value in master_keys_old
         )
         return MasterKeyRing(current, retired)
-    keys = _read_or_create_dev_keys(data_dir / DEV_KEY_FILE)
+    keys = _read_or_create_dev_keys(data_dir / DEV_KEY_FILE, may_create=may_create_dev_key)
     extra = tuple(
         MasterKey.from_base64(value, "FANFARE_MASTER_KEYS_OLD") for value in master_keys_old
     )
@@ -129,7 +147,12 @@ class MasterKeySource:
 
     @classmethod
     def configured(
-        cls, master_key: str | None, master_keys_old: tuple[str, ...], data_dir: Path
+        cls,
+        master_key: str | None,
+        master_keys_old: tuple[str, ...],
+        data_dir: Path,
+        *,
+        may_create_dev_key: bool = True,
     ) -> MasterKeySource:
         """The keys of the environment, or of the dev data dir (followed as it changes).
 
@@ -137,7 +160,9 @@ class MasterKeySource:
             MasterKeyError: The configuration is unusable.
         """
         return cls(
-            lambda: load_master_key_ring(master_key, master_keys_old, data_dir),
+            lambda: load_master_key_ring(
+                master_key, master_keys_old, data_dir, may_create_dev_key=may_create_dev_key
+            ),
             lambda: master_key_ring_version(master_key, data_dir),
         )
 
@@ -155,17 +180,23 @@ class MasterKeySource:
         return self._ring
 
 
-def add_dev_master_key(data_dir: Path) -> MasterKey:
-    """Append a new dev master key version (it becomes current)."""
+def add_dev_master_key(data_dir: Path, *, may_create_dev_key: bool = True) -> MasterKey:
+    """Append a new dev master key version (it becomes current).
+
+    Raises:
+        MasterKeyError: No key file yet and ``may_create_dev_key`` is False.
+    """
     path = data_dir / DEV_KEY_FILE
-    _read_or_create_dev_keys(path)
+    _read_or_create_dev_keys(path, may_create=may_create_dev_key)
     key = MasterKey.from_material(new_key_material())
     with path.open("a", encoding="ascii") as file:
         file.write(base64.b64encode(key.material).decode() + "\n")
     return key
 
 
-def _read_or_create_dev_keys(path: Path) -> list[MasterKey]:
+def _read_or_create_dev_keys(path: Path, *, may_create: bool) -> list[MasterKey]:
+    if not path.exists() and not may_create:
+        raise MasterKeyError(DEV_KEY_REFUSED)
     if not path.exists():
         make_private_directory(path.parent)
         # O_EXCL + 0600: never readable by others, never clobbered by a second process.

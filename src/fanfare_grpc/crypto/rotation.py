@@ -13,6 +13,13 @@ from collections.abc import Mapping
 from typing import Literal, Protocol
 
 from fanfare_grpc.crypto.aead import DecryptionError
+from fanfare_grpc.crypto.canary import (
+    CanaryStore,
+    MasterKeyMismatch,
+    StoredCanary,
+    rewrap_canary,
+    verify_master_keys,
+)
 from fanfare_grpc.crypto.envelope import Envelope, WrappedDataKey
 from fanfare_grpc.crypto.master_keys import MasterKeyRing
 from fanfare_grpc.crypto.signing_keys import (
@@ -88,6 +95,39 @@ async def rewrap_signing_keys(ring: MasterKeyRing, store: SigningKeyRewrapStore)
     return rewrapped
 
 
+class CanaryRewrapStore(CanaryStore, Protocol):
+    """The canary, as the tables' owner may change it."""
+
+    async def replace_canary(self, previous: StoredCanary, canary: StoredCanary) -> bool:
+        """Swap in the re-sealed canary if unchanged; True if swapped."""
+        ...
+
+
+async def rewrap_master_key_canary(
+    ring: MasterKeyRing, store: CanaryRewrapStore
+) -> StoredCanary | None:
+    """Re-seal the canary under ``ring.current`` (writing it if there is none yet).
+
+    Like the keys, a canary ``ring`` cannot open is left as it is (the usage names
+    its version); returns the canary as it is now stored, None if none could be.
+    """
+    stored = await store.get_canary()
+    if stored is None:
+        try:
+            return await verify_master_keys(ring, store)
+        except MasterKeyMismatch:
+            return None
+    if stored.master_key_id == ring.current.key_id:
+        return stored
+    try:
+        resealed = rewrap_canary(ring, stored)
+    except MasterKeyMismatch:
+        return stored
+    if await store.replace_canary(stored, resealed):
+        return resealed
+    return await store.get_canary()  # a concurrent rotation re-sealed it first
+
+
 MasterKeyState = Literal["current", "retired", "missing"]
 
 
@@ -97,25 +137,41 @@ class MasterKeyUsage:
 
     ``missing``: stored keys name a version this configuration does not have, so
     they cannot be opened here.
+
+    ``canary``: the master key canary is sealed under this version; servers refuse
+    to start without it, so it is not safe to retire either.
     """
 
     key_id: str
     state: MasterKeyState
     data_keys: int
     signing_keys: int
+    canary: bool = False
 
     @property
     def safe_to_retire(self) -> bool:
         """A retired version nothing is wrapped under any more."""
-        return self.state == "retired" and self.data_keys == 0 and self.signing_keys == 0
+        return (
+            self.state == "retired"
+            and self.data_keys == 0
+            and self.signing_keys == 0
+            and not self.canary
+        )
 
 
 def master_key_usage(
-    ring: MasterKeyRing, data_keys: Mapping[str, int], signing_keys: Mapping[str, int]
+    ring: MasterKeyRing,
+    data_keys: Mapping[str, int],
+    signing_keys: Mapping[str, int],
+    canary: str | None = None,
 ) -> list[MasterKeyUsage]:
-    """Per master key version (current, then retired, then missing ones): key counts."""
+    """Per master key version (current, then retired, then missing ones): key counts.
+
+    ``canary`` is the version the master key canary is sealed under, if any.
+    """
     configured = [ring.current.key_id, *(key.key_id for key in ring.retired)]
-    missing = sorted((set(data_keys) | set(signing_keys)) - set(configured))
+    under_canary = {canary} if canary else set()
+    missing = sorted((set(data_keys) | set(signing_keys) | under_canary) - set(configured))
     states: list[tuple[str, MasterKeyState]] = [
         (ring.current.key_id, "current"),
         *((key.key_id, "retired") for key in ring.retired),
@@ -128,6 +184,12 @@ def master_key_usage(
             continue
         seen.add(key_id)
         usage.append(
-            MasterKeyUsage(key_id, state, data_keys.get(key_id, 0), signing_keys.get(key_id, 0))
+            MasterKeyUsage(
+                key_id,
+                state,
+                data_keys.get(key_id, 0),
+                signing_keys.get(key_id, 0),
+                canary=key_id == canary,
+            )
         )
     return usage

@@ -249,3 +249,14 @@ class IdempotencyCommitRow(Base):
     key_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     committed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class MasterKeyCanaryRow(Base):
+    """The deployment's one master key canary (``crypto.canary``); ``slot`` is always 1."""
+
+    __tablename__ = "master_key_canary"
+
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    master_key_id: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
