@@ -191,6 +191,7 @@ class Application:
             # A marker lasts as long as any access token of the session may.
             marker_lifetime=lifetimes.access + LEEWAY,
             logger=logger,
+            server_id=cache.server_id,
         )
         consumer_tokens = ConsumerTokenVerifier(
             signing_keys,

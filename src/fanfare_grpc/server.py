@@ -172,6 +172,8 @@ async def start_server(
         timeout_seconds=settings.health_check_timeout_seconds,
     )
     await monitor.probe_once()
+    # Before the first call: a session confirmed from now on is covered by the markers.
+    await application.session_revocations.start()
     await server.start()
 
     worker_stop = asyncio.Event()
