@@ -212,6 +212,7 @@ class Application:
             marker_lifetime=lifetimes.access + LEEWAY,
             logger=logger,
             outages=outages,
+            server_id=cache.server_id,
         )
         consumer_tokens = ConsumerTokenVerifier(
             signing_keys,

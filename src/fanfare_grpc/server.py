@@ -176,6 +176,8 @@ async def start_server(
         outages=application.outages,
     )
     await monitor.probe_once()
+    # Before the first call: a session confirmed from now on is covered by the markers.
+    await application.session_revocations.start()
     await server.start()
 
     worker_stop = asyncio.Event()

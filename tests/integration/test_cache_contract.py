@@ -155,6 +155,26 @@ async def test_values_set_get_delete(cache: Cache) -> None:
     assert await values.get("k") is None
 
 
+async def test_values_get_many_answers_in_order(cache: Cache) -> None:
+    values = cache.values
+    await values.set("a", "one", ttl_seconds=60)
+    await values.set("c", "three", ttl_seconds=60)
+    assert await values.get_many(["a", "b", "c"]) == ["one", None, "three"]
+    assert await values.get_many([]) == []
+
+
+async def test_get_or_set_keeps_the_first_value_without_expiry(cache: Cache) -> None:
+    values = cache.values
+    results = await asyncio.gather(*(values.get_or_set("epoch", f"caller-{i}") for i in range(20)))
+    assert len(set(results)) == 1  # every caller got the value the first one stored
+    assert await values.get("epoch") == results[0]
+    assert await values.get_or_set("epoch", "later") == results[0]
+    # No expiry: it outlives every TTL'd value written with it.
+    await values.set("short", "v", ttl_seconds=SHORT_TTL)
+    await asyncio.sleep(PAST_SHORT_TTL)
+    assert await values.get_many(["short", "epoch"]) == [None, results[0]]
+
+
 async def test_pubsub_delivers_to_every_subscriber(cache: Cache) -> None:
     pubsub = cache.pubsub
     async with pubsub.subscribe("revocations") as first, pubsub.subscribe("revocations") as second:

@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -83,6 +83,15 @@ class FlakyMarkers:
         self._check(key)
         return await self.inner.delete(key)
 
+    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        for key in keys:
+            self._check(key)
+        return await self.inner.get_many(keys)
+
+    async def get_or_set(self, key: str, value: str) -> str:
+        self._check(key)
+        return await self.inner.get_or_set(key, value)
+
 
 class FlakyMarkerCache:
     """A cache whose ``values`` is a ``FlakyMarkers``; everything else as is."""
@@ -123,6 +132,9 @@ class FlakyMarkerCache:
 
     async def shared_time(self) -> float | None:
         return await self._inner.shared_time()
+
+    async def server_id(self) -> str | None:
+        return await self._inner.server_id()
 
     async def close(self) -> None:
         await self._inner.close()

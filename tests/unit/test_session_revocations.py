@@ -7,17 +7,22 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+from collections.abc import Sequence
 
 import pytest
 
 from fanfare_grpc import errors
 from fanfare_grpc.authentication.session_revocations import (
+    DATA_SET_CHANGED,
     DISTRUST_SECONDS,
+    EPOCH_KEY,
     RECHECK_AFTER_SECONDS,
+    SERVER_CHANGED,
     STALE_AFTER_SECONDS,
     SessionRevocations,
     revocation_marker,
 )
+from fanfare_grpc.cache.memory import MemoryCache
 from fanfare_grpc.domain.access import Mode
 from fanfare_grpc.domain.consumer_sessions import ConsumerSession
 
@@ -32,6 +37,8 @@ class Markers:
 
     def __init__(self) -> None:
         self.values: dict[str, str] = {}
+        # Values stored without expiry (the data-set epoch), kept apart from markers.
+        self.permanent: dict[str, str] = {}
         self.broken = False
         self.slow: set[str] = set()
 
@@ -56,6 +63,19 @@ class Markers:
     async def delete(self, key: str) -> bool:
         self._check()
         return self.values.pop(key, None) is not None
+
+    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        self._check()
+        return [self.values.get(key, self.permanent.get(key)) for key in keys]
+
+    async def get_or_set(self, key: str, value: str) -> str:
+        self._check()
+        return self.permanent.setdefault(key, value)
+
+    def lose_everything(self) -> None:
+        """Redis restarted without persistence (or was flushed)."""
+        self.values.clear()
+        self.permanent.clear()
 
 
 class Sessions:
@@ -98,17 +118,30 @@ class Parts:
         self.now[0] += seconds
 
 
-@pytest.fixture
-def parts() -> Parts:
+def unstarted_parts(server: list[str] | None = None) -> Parts:
+    """``server`` holds the cache server's current id (None: it has none)."""
     markers, sessions, now = Markers(), Sessions(), [100.0]
+
+    async def server_id() -> str | None:
+        return None if server is None else server[0]
+
     revocations = SessionRevocations(
         markers,
         sessions,
         marker_lifetime=MARKER_LIFETIME,
         logger=logging.getLogger("test.session_revocations"),
         monotonic=lambda: now[0],
+        server_id=server_id,
     )
     return Parts(revocations, markers, sessions, now)
+
+
+@pytest.fixture
+async def parts() -> Parts:
+    """Started, as the server starts it: the cache's epoch is known."""
+    started = unstarted_parts()
+    await started.revocations.start()
+    return started
 
 
 async def standing_revoked(parts: Parts, confirmed_at: float) -> bool:
@@ -261,3 +294,126 @@ async def test_the_retry_task_skips_a_marker_a_repeated_revoke_wrote_meanwhile(
         parts.revocations.sessions_revoked(ORG, Mode.TEST, ["sess_b"]),
     )
     assert parts.revocations.pending == 0
+
+
+# --- the cache losing its data (restart without persistence, failover, flush) ------
+
+
+async def test_a_lost_marker_is_not_a_live_session_once_the_data_set_changed(
+    parts: Parts, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="test.session_revocations")
+    confirmed_at = parts.now[0]
+    parts.advance(1)
+    parts.sessions.revoke()
+    await parts.revocations.sessions_revoked(ORG, Mode.TEST, [SESSION])
+    parts.markers.lose_everything()  # no error anywhere: the marker is just gone
+    parts.advance(0.01)
+    assert await standing_revoked(parts, confirmed_at)
+    assert parts.sessions.reads == 1
+    assert EPOCH_KEY in parts.markers.permanent  # stored again for the other replicas
+    errors_logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors_logged == [DATA_SET_CHANGED]
+
+
+async def test_a_live_session_is_rechecked_once_after_the_data_set_changed(
+    parts: Parts, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="test.session_revocations")
+    confirmed_at = parts.now[0]
+    parts.advance(1)
+    parts.markers.lose_everything()
+    standing = await parts.revocations.standing(ORG, Mode.TEST, SESSION, confirmed_at)
+    assert not standing.revoked
+    assert standing.confirmed_at == parts.now[0]
+    assert parts.sessions.reads == 1
+    # Confirmed after the change: the markers cover it again, no read per call.
+    parts.advance(1)
+    for _ in range(3):
+        assert not await standing_revoked(parts, standing.confirmed_at)
+    assert parts.sessions.reads == 1
+    assert [r.levelno for r in caplog.records].count(logging.ERROR) == 1
+
+
+async def test_an_epoch_stored_by_another_replica_after_a_loss_is_noticed(parts: Parts) -> None:
+    """Another replica noticed the loss first and stored a new epoch: the marker this
+    replica would have read is gone all the same."""
+    confirmed_at = parts.now[0]
+    parts.advance(1)
+    parts.sessions.revoke()
+    parts.markers.lose_everything()
+    parts.markers.permanent[EPOCH_KEY] = "stored-by-another-replica"
+    assert await standing_revoked(parts, confirmed_at)
+    assert parts.sessions.reads == 1
+    assert parts.markers.permanent[EPOCH_KEY] == "stored-by-another-replica"
+
+
+async def test_until_the_epoch_is_known_confirmations_are_rechecked() -> None:
+    """The cache was unreachable when the server started: a session confirmed before
+    the epoch could be read is re-checked once it can."""
+    parts = unstarted_parts()
+    parts.markers.broken = True
+    await parts.revocations.start()  # does not raise: the first marker read retries
+    parts.markers.broken = False
+    parts.advance(DISTRUST_SECONDS)
+    confirmed_at = parts.now[0]
+    parts.advance(1)
+    parts.sessions.revoke()
+    assert await standing_revoked(parts, confirmed_at)
+    assert parts.sessions.reads == 1
+
+
+async def test_the_in_process_cache_keeps_its_epoch(parts: Parts) -> None:
+    """The same path on the in-process cache: it never loses data apart from the
+    process, so its epoch never changes and nothing is re-checked."""
+    memory = MemoryCache()
+    now = [100.0]
+    revocations = SessionRevocations(
+        memory.values,
+        parts.sessions,
+        marker_lifetime=MARKER_LIFETIME,
+        logger=logging.getLogger("test.session_revocations"),
+        monotonic=lambda: now[0],
+    )
+    await revocations.start()
+    epoch = await memory.values.get(EPOCH_KEY)
+    assert epoch is not None
+    confirmed_at = now[0]
+    now[0] += RECHECK_AFTER_SECONDS
+    assert not (await revocations.standing(ORG, Mode.TEST, SESSION, confirmed_at)).revoked
+    assert parts.sessions.reads == 0
+    assert await memory.values.get(EPOCH_KEY) == epoch
+
+
+async def test_a_new_cache_server_that_kept_the_epoch_is_noticed_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis restarted from a snapshot older than the marker (or failed over to a
+    replica that lagged): the epoch survived, the marker did not."""
+    caplog.set_level(logging.INFO, logger="test.session_revocations")
+    server = ["run-1"]
+    parts = unstarted_parts(server)
+    await parts.revocations.start()
+    confirmed_at = parts.now[0]
+    parts.advance(1)
+    parts.sessions.revoke()
+    await parts.revocations.sessions_revoked(ORG, Mode.TEST, [SESSION])
+    parts.markers.values.clear()  # the epoch is kept in ``permanent``
+    server[0] = "run-2"
+    await parts.revocations.check_server()  # what ``run`` does every second
+    assert await standing_revoked(parts, confirmed_at)
+    assert parts.sessions.reads == 1
+    await parts.revocations.check_server()
+    errors_logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors_logged == [SERVER_CHANGED]
+
+
+async def test_the_same_cache_server_changes_nothing() -> None:
+    server = ["run-1"]
+    parts = unstarted_parts(server)
+    await parts.revocations.start()
+    confirmed_at = parts.now[0]
+    parts.advance(1)
+    await parts.revocations.check_server()
+    assert not await standing_revoked(parts, confirmed_at)
+    assert parts.sessions.reads == 0

@@ -6,8 +6,9 @@ replica also reads its session from the database (live, same consumer). Every ca
 then checks, without the signature: the organization and mode of the calling key,
 expiry, the device fingerprint's keyed digest against ``dfp``, and the session's
 standing through ``SessionRevocations`` (the shared revocation marker, one cache
-read; the database when markers cannot be trusted), so a revoked session stops
-working at once on every replica, and within seconds when the cache fails.
+read; the database when markers cannot be trusted, or may have been lost with the
+cache's data), so a revoked session stops working at once on every replica, and
+within seconds when the cache fails.
 """
 
 from __future__ import annotations

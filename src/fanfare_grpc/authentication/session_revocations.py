@@ -18,6 +18,20 @@ while the cache works, so a lost marker never means a live token (fail closed):
   re-check happens every ``RECHECK_AFTER_SECONDS`` regardless: that bounds what a
   replica that never saw the cache fail can miss while another replica's marker
   waits for its retry.
+
+Losing the cache's data (Redis restarted without persistence, failed over to an empty
+replica, flushed) raises no error: markers just vanish. So the cache holds a
+data-set epoch (``EPOCH_KEY``, a random value stored without expiry by the first
+replica that finds none), read with every marker in the same round trip. Each
+replica remembers the epoch it saw; a missing or different one means markers
+written before may be gone, so every session confirmation made before this replica
+noticed is re-checked against the database on its token's next call (once), and
+the epoch is stored again for the next replica to notice. A session confirmed after
+the change is covered by markers again: any later revoke writes its marker into the
+new data set. A restart that reloads an older snapshot (or a failover to a replica
+that lagged) keeps the epoch but not the markers written since: the server's id
+(Redis ``run_id``) is read every ``RETRY_INTERVAL_SECONDS`` for that, and a new one
+has the same effect as a new epoch, within that interval.
 """
 
 from __future__ import annotations
@@ -26,8 +40,10 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import math
+import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from fanfare_grpc import errors
@@ -40,6 +56,18 @@ STALE_AFTER_SECONDS = 2.0
 RECHECK_AFTER_SECONDS = 300.0
 DISTRUST_SECONDS = 30.0
 RETRY_INTERVAL_SECONDS = 1.0
+# Cache key of the data-set epoch: it changes only when the cache lost its data.
+EPOCH_KEY = "sessions:revocation-epoch"
+DATA_SET_CHANGED = (
+    "cache data set changed (Redis restarted without persistence, failed over or "
+    "was flushed): revocation markers written before may be lost; every cached "
+    "consumer session is re-checked against the database on its next call"
+)
+SERVER_CHANGED = (
+    "cache server changed (Redis restarted or failed over): revocation markers written "
+    "since its last save may be lost; every cached consumer session is re-checked "
+    "against the database on its next call"
+)
 MARKER_NOT_WRITTEN = (
     "session revoked, but not yet announced to every server (cache unavailable): "
     "retry the call, repeating it is safe"
@@ -83,8 +111,11 @@ class SessionRevocations:
         logger: logging.Logger,
         monotonic: Callable[[], float] = time.monotonic,
         outages: DependencyOutages | None = None,
+        server_id: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         self._markers = markers
+        self._read_server_id = server_id
+        self._server_id: str | None = None
         self._sessions = sessions
         self._marker_seconds = marker_lifetime.total_seconds()
         self._monotonic = monotonic
@@ -100,6 +131,41 @@ class SessionRevocations:
         # Markers not yet written, with when they stop mattering (every token dead).
         self._pending: dict[_SessionKey, float] = {}
         self._distrusted_until = float("-inf")
+        self._logger = logger
+        # The cache's data-set epoch this replica last saw, and since when (monotonic)
+        # it has seen it: a session confirmed earlier than that may have lost its marker.
+        self._epoch: str | None = None
+        self._epoch_seen_since = math.inf
+
+    async def start(self) -> None:
+        """Learn the cache's epoch (storing one if there is none) and server id before
+        any token is confirmed; if the cache cannot say, the first marker read learns
+        the epoch instead."""
+        await self.check_server()
+        try:
+            epoch = await self._markers.get_or_set(EPOCH_KEY, _new_epoch())
+        except Exception as error:  # noqa: BLE001 - logged by _marker_failed
+            self._marker_failed(error)
+            return
+        self._adopt(epoch)
+
+    async def check_server(self) -> None:
+        """Read the cache server's id: a new one may have lost recent markers, so every
+        earlier confirmation is re-checked (the epoch stays: it may have survived)."""
+        if self._read_server_id is None:
+            return
+        try:
+            server_id = await self._read_server_id()
+        except Exception:  # noqa: BLE001 - an outage shows in marker reads and writes
+            return
+        if server_id is None or server_id == self._server_id:
+            return
+        if self._server_id is not None:
+            self._logger.error(SERVER_CHANGED)
+        # Also when first learnt (the cache was down at start): what was confirmed
+        # before cannot be tied to this server.
+        self._epoch_seen_since = max(self._epoch_seen_since, self._monotonic())
+        self._server_id = server_id
 
     @property
     def markers_trusted(self) -> bool:
@@ -136,21 +202,31 @@ class SessionRevocations:
         the markers cannot vouch for it."""
         if (organization_id, mode, session_id) in self._pending:
             return Standing(True, confirmed_at)
+        epoch_before = self._epoch
+        backed = True
         try:
-            marked = (
-                await self._markers.get(revocation_marker(organization_id, mode, session_id))
-                is not None
+            marker, epoch = await self._markers.get_many(
+                [revocation_marker(organization_id, mode, session_id), EPOCH_KEY]
             )
         except Exception as error:  # noqa: BLE001 - logged by _marker_failed
             self._marker_failed(error)
             marked = False  # unknown, not "not revoked": the database decides below
         else:
             self._marker_worked()
+            marked = marker is not None
+            # Read in the same command as the marker: if it is still the epoch this
+            # replica saw before the session was confirmed, no marker was lost since.
+            # (Another call of this replica may have moved on to a newer epoch while
+            # this read was in flight: that is not a change, and the newer
+            # ``_epoch_seen_since`` only makes the check below stricter.)
+            if epoch is None or epoch not in (epoch_before, self._epoch):
+                await self._data_set_changed(epoch)
+            backed = confirmed_at >= self._epoch_seen_since
         if marked:
             return Standing(True, confirmed_at)
         now = self._monotonic()
         max_age = RECHECK_AFTER_SECONDS if self.markers_trusted else STALE_AFTER_SECONDS
-        if now - confirmed_at <= max_age:
+        if backed and now - confirmed_at <= max_age:
             return Standing(False, confirmed_at)
         session = await self._sessions.get_session(organization_id, mode, session_id)
         if session is None or session.revoked_at is not None:
@@ -167,9 +243,10 @@ class SessionRevocations:
                 return
 
     async def run(self, interval_seconds: float = RETRY_INTERVAL_SECONDS) -> None:
-        """Retry pending markers until cancelled."""
+        """Retry pending markers and watch the cache server's id until cancelled."""
         while True:
             await asyncio.sleep(interval_seconds)
+            await self.check_server()
             if self._pending:
                 await self.retry_pending()
 
@@ -188,6 +265,29 @@ class SessionRevocations:
         self._marker_worked()
         return True
 
+    async def _data_set_changed(self, seen: str | None) -> None:
+        """The epoch read was missing or new: adopt the current one (storing a new one if
+        missing), so that every earlier confirmation is re-checked."""
+        if self._epoch is not None:
+            self._logger.error(DATA_SET_CHANGED)
+        # Until an epoch is adopted again every confirmation is re-checked (and a
+        # concurrent call noticing the same change does not log it again).
+        self._epoch, self._epoch_seen_since = None, math.inf
+        if seen is None:
+            try:
+                seen = await self._markers.get_or_set(EPOCH_KEY, _new_epoch())
+            except Exception as error:  # noqa: BLE001 - logged by _marker_failed
+                self._marker_failed(error)
+                return
+        self._adopt(seen)
+
+    def _adopt(self, epoch: str) -> None:
+        if epoch != self._epoch:
+            self._epoch = epoch
+            # Taken after the read: a session confirmed from now on was confirmed
+            # while this epoch (and every marker written since) was in the cache.
+            self._epoch_seen_since = self._monotonic()
+
     def _marker_failed(self, error: Exception) -> None:
         self._distrusted_until = self._monotonic() + DISTRUST_SECONDS
         self._failures.failed(error)
@@ -195,3 +295,8 @@ class SessionRevocations:
     def _marker_worked(self) -> None:
         if not self._pending:
             self._failures.succeeded()
+
+
+def _new_epoch() -> str:
+    """A value no data set ever had: a stored epoch is never mistaken for another."""
+    return secrets.token_hex(16)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 from sortedcontainers import SortedList
@@ -201,6 +202,16 @@ class MemoryKeyValueStore:
         value = self._values.get(key)
         return value if isinstance(value, str) else None
 
+    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        return [await self.get(key) for key in keys]
+
+    async def get_or_set(self, key: str, value: str) -> str:
+        current = await self.get(key)
+        if current is None:
+            self._values.put(key, value, math.inf)  # never expires
+            return value
+        return current
+
     async def delete(self, key: str) -> bool:
         return self._values.pop(key)
 
@@ -279,6 +290,9 @@ class MemoryCache:
 
     async def shared_time(self) -> None:
         return None  # one process: its own clock is the shared one
+
+    async def server_id(self) -> None:
+        return None  # lives and dies with the process: it never restarts under it
 
     async def close(self) -> None:
         return None

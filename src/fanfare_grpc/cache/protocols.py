@@ -9,7 +9,7 @@ each backend namespaces them per deployment. TTLs are in seconds.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -106,6 +106,15 @@ class KeyValueStore(Protocol):
         """The value, or None if absent or expired."""
         ...
 
+    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """The values of ``keys`` in order (None where absent), in one round trip."""
+        ...
+
+    async def get_or_set(self, key: str, value: str) -> str:
+        """The key's value, storing ``value`` first, with no expiry, if it has none
+        (one atomic step: concurrent callers all get the first value stored)."""
+        ...
+
     async def delete(self, key: str) -> bool:
         """Remove the key; True if it existed."""
         ...
@@ -177,6 +186,11 @@ class Cache(Protocol):
     async def shared_time(self) -> float | None:
         """Unix time by the backend's clock, the same for every process that shares it
         (Redis ``TIME``); None for the in-process cache (one process, one clock)."""
+        ...
+
+    async def server_id(self) -> str | None:
+        """An id of the running backend server, new at every start and after a failover
+        (Redis ``run_id``); None for the in-process cache, or when Redis will not say."""
         ...
 
     async def close(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -129,6 +129,20 @@ class RedisKeyValueStore:
         value = await self._client.get(self._ns.key(key))
         return None if value is None else str(value)
 
+    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        if not keys:
+            return []
+        values = await self._client.mget([self._ns.key(key) for key in keys])
+        return [None if value is None else str(value) for value in values]
+
+    async def get_or_set(self, key: str, value: str) -> str:
+        # MULTI/EXEC: nothing runs between the two, so the GET sees what SET NX left.
+        async with self._client.pipeline(transaction=True) as pipeline:
+            pipeline.set(self._ns.key(key), value, nx=True)
+            pipeline.get(self._ns.key(key))
+            _, current = await pipeline.execute()
+        return str(current)
+
     async def delete(self, key: str) -> bool:
         return bool(await self._client.delete(self._ns.key(key)))
 
@@ -244,6 +258,14 @@ class RedisCache:
     async def shared_time(self) -> float:
         seconds, microseconds = await self._client.time()
         return int(seconds) + int(microseconds) / 1_000_000
+
+    async def server_id(self) -> str | None:
+        try:
+            server = await self._client.info("server")
+        except ResponseError:
+            return None  # INFO disabled or renamed (managed Redis services)
+        run_id = server.get("run_id")
+        return None if run_id is None else str(run_id)
 
     async def close(self) -> None:
         await self._client.aclose()
