@@ -124,6 +124,7 @@ async def start_server(
         SchemaOutOfDate: The database is reachable but not migrated.
         CacheUnreachable: Redis does not answer.
         CacheMayEvict: Redis may evict keys (and eviction is not allowed).
+        CacheNotPersistent: Redis persists nothing (and that is not allowed).
     """
     settings = application.settings
     logger = application.logger
