@@ -112,6 +112,7 @@ async def test_lost_state_is_unavailable_logged_once_shown_in_stats_and_reentere
 
     organization_id = qw.world.acme.organization.organization.organization_id
     await lose_state(qw.world.server, queue_id, organization_id)
+    qw.world.clock.freeze()  # the time of the loss is when it is found: now
 
     # The queue is still OPEN by the database ...
     queue = await qw.stub.GetQueue(
@@ -124,7 +125,8 @@ async def test_lost_state_is_unavailable_logged_once_shown_in_stats_and_reentere
     await expect_lost(qw.position(queue_id, first))
     lost = await stats(qw, queue_id)
     assert lost.HasField("state_lost_at")
-    assert lost.state_lost_at.ToDatetime(dt.UTC) == qw.world.clock()
+    found_at = lost.state_lost_at.ToDatetime(dt.UTC)
+    assert abs(found_at - qw.world.clock()) <= dt.timedelta(microseconds=1)
     assert (lost.waiting, lost.admitted) == (0, 0)
     lines = loss_lines(qw)
     assert len(lines) == 1, [r.getMessage() for r in lines]
@@ -170,6 +172,21 @@ async def test_watch_position_ends_unavailable_when_the_state_is_lost(qw: QueueW
         assert error_reasons(raised.value) == [LOST_REASON]
     finally:
         call.cancel()
+    assert len(loss_lines(qw)) == 1
+
+
+async def test_the_worker_reports_a_loss_nobody_asks_about(qw: QueueWorld) -> None:
+    queue_id = await qw.open_queue()
+    shopper = await qw.shopper("device-1")
+    await qw.enter(queue_id, shopper)
+    organization_id = qw.world.acme.organization.organization.organization_id
+    await lose_state(qw.world.server, queue_id, organization_id)
+    worker = qw.world.server.application.queue_worker
+    await worker.run_once()
+    [line] = loss_lines(qw)
+    assert getattr(line, "queue_id") == queue_id  # noqa: B009
+    await worker.run_once()
+    await expect_lost(qw.position(queue_id, shopper))
     assert len(loss_lines(qw)) == 1
 
 

@@ -335,6 +335,16 @@ class QueueEntries:
             return state_lost()
         return errors.NotFound(NOT_IN_QUEUE)
 
+    async def check_state(self, queue: Queue) -> None:
+        """Find (and report) a loss of the queue's state even if no consumer calls: the
+        worker checks every OPEN and PAUSED queue on each pass, one round trip each."""
+        check = self.marker_check(queue)
+        if check is None:
+            return
+        marker, declared = await self._state.check_marker(queue_ref(queue), check)
+        if declared:
+            self.report_loss(queue, marker)
+
     def report_loss(self, queue: Queue, marker: StateMarker) -> None:
         """Log a loss this process's call declared (so once per queue and loss)."""
         self._logger.error(
