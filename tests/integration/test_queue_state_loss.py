@@ -33,6 +33,7 @@ from grpc import aio
 from fanfare_grpc.cache.queue_state_memory import MemoryQueueStateStore
 from fanfare_grpc.cache.queue_state_redis import RedisQueueStateStore
 from fanfare_grpc.domain.queue_entries import QUEUE_STATE_LOST_LOG, queue_ref
+from fanfare_grpc.domain.queues import QueueStatus
 from fanfare_grpc.server import RunningServer
 from tests.backends import throwaway_postgres_database
 from tests.clock import MutableClock
@@ -188,6 +189,26 @@ async def test_the_worker_reports_a_loss_nobody_asks_about(qw: QueueWorld) -> No
     await worker.run_once()
     await expect_lost(qw.position(queue_id, shopper))
     assert len(loss_lines(qw)) == 1
+
+
+async def test_a_queue_deleted_meanwhile_is_not_reported_lost(qw: QueueWorld) -> None:
+    """Another replica deletes a queue (dropping its state) while this one still holds
+    it as OPEN in its per-process copy (up to 1 s): no loss, no leftover marker."""
+    application = qw.world.server.application
+    application.queue_entries._monotonic = lambda: 0.0  # its copy stays fresh
+    queue_id = await qw.open_queue()
+    shopper = await qw.shopper("device-1")
+    await qw.enter(queue_id, shopper)
+    organization_id = qw.world.acme.organization.organization.organization_id
+    queue = await application.queue_config.get(organization_id, "test", queue_id)
+    # What the other replica's DeleteQueue does, unseen by this process.
+    assert await application.queue_config._store.delete(queue, frozenset(QueueStatus))
+    await application.cache.queue_states.drop(queue_ref(queue))
+
+    error = await expect_status(qw.position(queue_id, shopper), grpc.StatusCode.NOT_FOUND)
+    assert error.details() == "queue not found"
+    assert loss_lines(qw) == []
+    assert (await application.cache.queue_states.views(queue_ref(queue), [])).marker is None
 
 
 async def test_a_restarted_embedded_server_reports_its_open_queues_lost(tmp_path: Path) -> None:

@@ -239,7 +239,12 @@ class PositionFeed:
             ref, [w.consumer_id for w in watchers], check=self._entries.marker_check(queue)
         )
         if views.declared_lost and views.marker is not None:
-            self._entries.report_loss(queue, views.marker)
+            try:
+                await self._entries.confirm_loss(queue, views.marker)
+            except errors.NotFound:
+                for watcher in watchers:
+                    watcher.offer(errors.NotFound(QUEUE_NOT_FOUND), now)
+                return
         for index, (watcher, view) in enumerate(zip(watchers, views, strict=True)):
             if index and index % YIELD_EVERY == 0:
                 # Let the streams already woken send while the rest are prepared

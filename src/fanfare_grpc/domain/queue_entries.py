@@ -13,6 +13,7 @@ from then on a consumer without an entry is told UNAVAILABLE ``QUEUE_STATE_LOST`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
@@ -286,7 +287,7 @@ class QueueEntries:
             check=self.marker_check(queue),
         )
         if result.declared_lost and result.marker is not None:
-            self.report_loss(queue, result.marker)
+            await self.confirm_loss(queue, result.marker)
         if result.outcome is EnterOutcome.DEVICE_TAKEN:
             raise errors.FailedPrecondition("this device is already in the queue")
         if result.outcome is EnterOutcome.FULL:
@@ -316,7 +317,7 @@ class QueueEntries:
             queue_ref(queue), [consumer_id], check=self.marker_check(queue)
         )
         if views.declared_lost and views.marker is not None:
-            self.report_loss(queue, views.marker)
+            await self.confirm_loss(queue, views.marker)
         view = views[0]
         if view is None:
             raise self.no_entry(queue, views.marker)
@@ -343,10 +344,25 @@ class QueueEntries:
             return
         marker, declared = await self._state.check_marker(queue_ref(queue), check)
         if declared:
-            self.report_loss(queue, marker)
+            with contextlib.suppress(errors.NotFound):
+                await self.confirm_loss(queue, marker)
 
-    def report_loss(self, queue: Queue, marker: StateMarker) -> None:
-        """Log a loss this process's call declared (so once per queue and loss)."""
+    async def confirm_loss(self, queue: Queue, marker: StateMarker) -> None:
+        """Log a loss this process's call declared (so once per queue and loss), once
+        the database confirms the queue still exists: ``queue`` may come from the
+        per-process copy, up to ``CONFIG_TTL_SECONDS`` old, and a queue another replica
+        just deleted (its state dropped) is no loss. Then the marker the check wrote
+        (and anything entered with it) is dropped again.
+
+        Raises:
+            NotFound: The queue was deleted meanwhile.
+        """
+        try:
+            await self._config.get(queue.organization_id, queue.mode, queue.queue_id)
+        except errors.NotFound:
+            await self._state.drop(queue_ref(queue))
+            self.forget(queue)
+            raise
         self._logger.error(
             QUEUE_STATE_LOST_LOG,
             extra={
@@ -545,7 +561,7 @@ class QueueEntries:
             queue_ref(queue), now, RATE_WINDOW_SECONDS, check=self.marker_check(queue)
         )
         if counters.declared_lost and counters.marker is not None:
-            self.report_loss(queue, counters.marker)
+            await self.confirm_loss(queue, counters.marker)
         oldest_wait = None
         if counters.head_entered_at is not None:
             oldest_wait = dt.timedelta(seconds=max(0.0, now - counters.head_entered_at))
