@@ -306,6 +306,8 @@ def running_sut(
         if options.redis_url is not None:
             prefix = f"fanfare-bench-{secrets.token_hex(6)}"
             env.update({"FANFARE_REDIS_URL": options.redis_url, "FANFARE_REDIS_PREFIX": prefix})
+            # A benchmark's Redis is scratch space: whether it persists is not measured.
+            env.setdefault("FANFARE_REDIS_EPHEMERAL_OK", "true")
             # Registered first, so it runs after the server has stopped.
             stack.callback(delete_redis_prefix, options.redis_url, prefix)
         run_cli(["migrate"], env, timeout=options.startup_timeout)

@@ -43,6 +43,9 @@ def embedded_settings(data_dir: Path) -> Settings:
         data_dir=data_dir,
         health_check_interval_seconds=0.1,
         shutdown_grace_seconds=5.0,
+        # The test Redis servers persist nothing (fast, and never shared with a test's
+        # leftovers); only tests of that refusal itself unset this.
+        redis_ephemeral_ok=True,
     )
 
 

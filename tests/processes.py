@@ -18,6 +18,8 @@ def process_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[
     """The test process's environment with a private data dir and a free port."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("FANFARE_")}
     env.update({"FANFARE_DATA_DIR": str(data_dir), "FANFARE_LISTEN": "127.0.0.1:0"})
+    # The test Redis servers persist nothing; tests of that refusal override this.
+    env["FANFARE_REDIS_EPHEMERAL_OK"] = "true"
     env.update(extra or {})
     return env
 

@@ -88,6 +88,10 @@ class CacheMayEvict(RuntimeError):
     """Redis may delete keys when full; the message says where and what to change."""
 
 
+class CacheNotPersistent(RuntimeError):
+    """Redis keeps nothing across a restart; the message says where and what to change."""
+
+
 def redis_location(url: str) -> str:
     """``host:port/db`` of a Redis URL (a socket path for ``unix://``), no credentials."""
     parts = urllib.parse.urlsplit(url)
@@ -362,7 +366,8 @@ class Application:
             raise self.database.unreachable(error) from error
 
     async def check_cache(self) -> None:
-        """Refuse to start without the shared cache, or with one that may evict keys.
+        """Refuse to start without the shared cache, or with one that may evict keys or
+        keeps nothing across a restart.
 
         Queue state lives only in Redis and Lua scripts do not roll back; revocation
         markers and limits that vanish fail open. So Redis must refuse writes when
@@ -372,6 +377,8 @@ class Application:
             CacheUnreachable: Redis did not answer a PING.
             CacheMayEvict: Its ``maxmemory-policy`` is not ``noeviction`` or cannot be
                 read, and ``FANFARE_REDIS_ALLOW_EVICTION`` is not set.
+            CacheNotPersistent: It keeps no AOF nor snapshots (or will not say), and
+                ``FANFARE_REDIS_EPHEMERAL_OK`` is not set.
         """
         url = self.settings.redis_url
         if not url:
@@ -383,8 +390,16 @@ class Application:
                 "that Redis is running there and FANFARE_REDIS_URL (host, port, password)"
             )
         policy = await self.cache.eviction_policy()
-        if policy == "noeviction":
-            return
+        if policy != "noeviction":
+            self._allow_eviction(location, policy)
+        await self._check_persistence(location)
+
+    def _allow_eviction(self, location: str, policy: str | None) -> None:
+        """Warn if the operator allows eviction; refuse otherwise.
+
+        Raises:
+            CacheMayEvict: ``FANFARE_REDIS_ALLOW_EVICTION`` is not set.
+        """
         if self.settings.redis_allow_eviction:
             self.logger.warning(
                 "Redis may evict keys (FANFARE_REDIS_ALLOW_EVICTION is set)",
@@ -401,6 +416,42 @@ class Application:
             f"Redis at {location} may evict keys (maxmemory-policy {policy}): set "
             "maxmemory-policy noeviction there, or FANFARE_REDIS_ALLOW_EVICTION=true "
             "to start anyway"
+        )
+
+    async def _check_persistence(self, location: str) -> None:
+        """Refuse a Redis that keeps nothing across a restart, unless the operator
+        says it is fine (development): queue entries live only there, and a restart
+        without persistence loses them all (detected and reported, see
+        ``queue_state``, but every consumer must enter again).
+
+        Raises:
+            CacheNotPersistent: Neither ``appendonly`` nor ``save`` snapshots, or it
+                cannot be read, and ``FANFARE_REDIS_EPHEMERAL_OK`` is not set.
+        """
+        persistent = await self.cache.persistence()
+        if persistent:
+            return
+        if self.settings.redis_ephemeral_ok:
+            self.logger.warning(
+                "Redis does not persist its data (FANFARE_REDIS_EPHEMERAL_OK is set): "
+                "a restart loses every queue's entries",
+                extra={
+                    "redis": location,
+                    "persistence": "unknown" if persistent is None else "none",
+                },
+            )
+            return
+        if persistent is None:
+            raise CacheNotPersistent(
+                f"cannot tell whether Redis at {location} persists its data (CONFIG GET "
+                "refused and INFO shows no appendonly): make sure it keeps an AOF or "
+                "snapshots, then set FANFARE_REDIS_EPHEMERAL_OK=true"
+            )
+        raise CacheNotPersistent(
+            f"Redis at {location} does not persist its data (appendonly no, no save "
+            "snapshots): a restart would lose every queue's entries; set appendonly yes "
+            "(or save snapshots) there, or FANFARE_REDIS_EPHEMERAL_OK=true to start "
+            "anyway (development)"
         )
 
     def check_shared_state(self) -> None:

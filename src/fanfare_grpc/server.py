@@ -125,6 +125,7 @@ async def start_server(
         CacheUnreachable: Redis does not answer.
         CacheMayEvict: Redis may evict keys (and eviction is not allowed).
         MasterKeyMismatch: The master keys do not open the deployment's canary.
+        CacheNotPersistent: Redis persists nothing (and that is not allowed).
     """
     settings = application.settings
     logger = application.logger

@@ -98,6 +98,9 @@ class Settings:
         redis_allow_eviction: Start even when Redis may evict keys (its
             ``maxmemory-policy`` is not ``noeviction``, or cannot be read). Evicted queue
             entries are skipped, but evicted revocation markers and limits fail open.
+        redis_ephemeral_ok: Start even when Redis does not persist its data (neither
+            ``appendonly`` nor ``save`` snapshots, or it will not say): for development
+            only, since a restart then loses every queue's entries.
         master_key: Base64 master key (secret; never printed).
         master_keys_old: Retired master key versions, still accepted for reading.
         tls_cert: Server certificate (PEM file); ``None`` serves plaintext.
@@ -142,6 +145,7 @@ class Settings:
     redis_url: str | None = dataclasses.field(default=None, metadata=_url())
     redis_key_prefix: str = "ff"
     redis_allow_eviction: bool = False
+    redis_ephemeral_ok: bool = False
     master_key: str | None = dataclasses.field(default=None, metadata=_secret())
     master_keys_old: tuple[str, ...] = dataclasses.field(default=(), metadata=_secret())
     tls_cert: Path | None = None
@@ -302,6 +306,7 @@ class Settings:
                 text("FANFARE_REDIS_PREFIX") or defaults.redis_key_prefix, _check_redis_prefix
             ),
             redis_allow_eviction=flag("FANFARE_REDIS_ALLOW_EVICTION", False),
+            redis_ephemeral_ok=flag("FANFARE_REDIS_EPHEMERAL_OK", False),
             master_key=text("FANFARE_MASTER_KEY"),
             master_keys_old=items("FANFARE_MASTER_KEYS_OLD"),
             tls_cert=path("FANFARE_TLS_CERT"),

@@ -23,10 +23,12 @@ from fanfare_grpc.domain.queue_state import (
     EnterResult,
     EntryRecord,
     EntryStatus,
+    MarkerCheck,
     QueueCounters,
     QueueRef,
     QueueStateStore,
     RedeemOutcome,
+    StateMarker,
     Transition,
 )
 from tests.backends import REDIS_URL, throwaway_redis_prefix
@@ -1033,6 +1035,8 @@ async def test_redis_keys_of_a_queue_share_one_cluster_slot() -> None:
             await store.counters(QUEUE, T0 + TTL, 60)
             await store.admit(QUEUE, token_ids(1), T0 + TTL, TTL)
             await enter_all(store, "g")
+            await store.start(QUEUE, StateMarker("e1", T0))
+            await store.views(QUEUE, ["a"], check=MarkerCheck(T0, "e2"))
 
             keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
             assert {key.rsplit(":", 1)[1] for key in keys} == {
@@ -1043,6 +1047,7 @@ async def test_redis_keys_of_a_queue_share_one_cluster_slot() -> None:
                 "seq",
                 "counts",
                 "admissions",
+                "meta",
             }
             assert all(key.startswith(f"{prefix}:q:{QUEUE.hash_tag}:") for key in keys)
             slot = key_slot(b"org_1:live:queue_1")
@@ -1053,3 +1058,139 @@ async def test_redis_keys_of_a_queue_share_one_cluster_slot() -> None:
         finally:
             await client.aclose()
             await cache.close()
+
+
+# Lost state (see ``queue_state``'s module doc): the marker tells a queue whose state
+# vanished from one that never had any.
+
+
+@dataclasses.dataclass(frozen=True)
+class Losing:
+    """A store and a way to lose QUEUE's whole state behind its back, as a Redis
+    restarted without persistence (or flushed) would."""
+
+    store: QueueStateStore
+    lose: Callable[[], Awaitable[object]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def losing(request: pytest.FixtureRequest) -> AsyncIterator[Losing]:
+    if request.param == "memory":
+        memory = MemoryCache()
+        states = memory.queue_states
+
+        async def lose() -> None:
+            states._queues.clear()
+
+        yield Losing(states, lose)
+        await memory.close()
+        return
+    with throwaway_redis_prefix() as prefix:
+        shared = RedisCache.from_url(REDIS_URL, prefix)
+        client = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=True)
+        try:
+            # Only this test's own keys (a throwaway prefix): the shared Redis is never
+            # flushed.
+            yield Losing(
+                shared.queue_states, lambda: client.delete(*shared.queue_states.keys(QUEUE))
+            )
+        finally:
+            await client.aclose()
+            await shared.close()
+
+
+def check(at: float = T0, epoch: str = "epoch-2") -> MarkerCheck:
+    return MarkerCheck(at, epoch)
+
+
+async def test_start_writes_the_marker_once(store: QueueStateStore) -> None:
+    assert (await store.views(QUEUE, ["a"])).marker is None
+    first = await store.start(QUEUE, StateMarker("epoch-1", T0))
+    assert first == StateMarker("epoch-1", T0)
+    # A second start (DRAFT again, then SCHEDULED again) keeps the first marker.
+    assert await store.start(QUEUE, StateMarker("epoch-9", T0 + 5)) == first
+    views = await store.views(QUEUE, ["a"], check=check())
+    assert views == [None]
+    assert views.marker == first and not views.declared_lost
+    assert (await store.views(OTHER_QUEUE, ["a"])).marker is None
+
+
+async def test_a_started_queue_whose_state_vanished_is_declared_lost_once(
+    losing: Losing,
+) -> None:
+    store = losing.store
+    await store.start(QUEUE, StateMarker("epoch-1", T0))
+    await enter_all(store, "a", "b")
+    await losing.lose()
+
+    # Without a check (the caller does not know the queue must have state) nothing is
+    # written and nothing declared.
+    unchecked = await store.views(QUEUE, ["a"])
+    assert unchecked == [None] and unchecked.marker is None and not unchecked.declared_lost
+
+    views = await store.views(QUEUE, ["a", "b"], check=check(T0 + 10))
+    assert views == [None, None]
+    assert views.marker == StateMarker("epoch-2", T0 + 10, lost_at=T0 + 10)
+    assert views.declared_lost
+    # Declared by that call only: later checks (any method) see the same marker.
+    again = await store.views(QUEUE, ["a"], check=check(T0 + 20, "epoch-3"))
+    assert again.marker == views.marker and not again.declared_lost
+    assert await store.check_marker(QUEUE, check(T0 + 30, "epoch-4")) == (views.marker, False)
+    counters = await store.counters(QUEUE, T0 + 30, 60, check=check(T0 + 30, "epoch-5"))
+    assert counters.marker == views.marker and not counters.declared_lost
+    assert (counters.waiting, counters.admitted) == (0, 0)
+
+    # Entering again works, and the marker (with its lost_at) stays.
+    entered = await store.enter(
+        QUEUE, record("a"), score=NEXT, max_size=None, check=check(T0 + 40, "epoch-6")
+    )
+    assert entered.outcome is EnterOutcome.ENTERED
+    assert entered.marker == views.marker and not entered.declared_lost
+    after = await store.views(QUEUE, ["a", "b"], check=check(T0 + 50, "epoch-7"))
+    assert after[0] is not None and after[0].rank == 0
+    assert after[1] is None and after.marker == views.marker
+
+
+async def test_each_checking_method_can_declare_the_loss(losing: Losing) -> None:
+    store = losing.store
+    await store.start(QUEUE, StateMarker("epoch-1", T0))
+    await losing.lose()
+    entered = await store.enter(
+        QUEUE, record("a"), score=NEXT, max_size=None, check=check(T0 + 1, "by-enter")
+    )
+    assert entered.outcome is EnterOutcome.ENTERED and entered.declared_lost
+    assert entered.marker == StateMarker("by-enter", T0 + 1, lost_at=T0 + 1)
+
+    await losing.lose()
+    counters = await store.counters(QUEUE, T0 + 2, 60, check=check(T0 + 2, "by-counters"))
+    assert counters.declared_lost
+    assert counters.marker == StateMarker("by-counters", T0 + 2, lost_at=T0 + 2)
+
+    await losing.lose()
+    marker, declared = await store.check_marker(QUEUE, check(T0 + 3, "by-check"))
+    assert declared and marker == StateMarker("by-check", T0 + 3, lost_at=T0 + 3)
+
+
+async def test_state_without_a_marker_is_adopted_not_lost(store: QueueStateStore) -> None:
+    # Written by a release before markers (or by ``enter`` without a check).
+    await enter_all(store, "a")
+    views = await store.views(QUEUE, ["a"], check=check(T0 + 5, "adopted"))
+    assert views[0] is not None
+    assert views.marker == StateMarker("adopted", T0 + 5) and not views.declared_lost
+
+
+async def test_concurrent_checks_declare_a_loss_once(store: QueueStateStore) -> None:
+    results = await asyncio.gather(
+        *(store.check_marker(QUEUE, check(T0, f"epoch-{index}")) for index in range(20)),
+        *(store.views(QUEUE, ["a"], check=check(T0, f"view-{index}")) for index in range(20)),
+    )
+    declared = [r[1] if isinstance(r, tuple) else r.declared_lost for r in results]
+    assert declared.count(True) == 1
+    markers = {r[0] if isinstance(r, tuple) else r.marker for r in results}
+    assert len(markers) == 1
+
+
+async def test_drop_forgets_the_marker(store: QueueStateStore) -> None:
+    await store.start(QUEUE, StateMarker("epoch-1", T0))
+    await store.drop(QUEUE)
+    assert (await store.views(QUEUE, [])).marker is None

@@ -130,6 +130,9 @@ class FlakyMarkerCache:
     async def eviction_policy(self) -> str | None:
         return await self._inner.eviction_policy()
 
+    async def persistence(self) -> bool | None:
+        return await self._inner.persistence()
+
     async def shared_time(self) -> float | None:
         return await self._inner.shared_time()
 

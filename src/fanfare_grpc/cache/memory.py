@@ -288,6 +288,9 @@ class MemoryCache:
     async def eviction_policy(self) -> str:
         return "noeviction"  # nothing here is ever deleted to make room
 
+    async def persistence(self) -> bool:
+        return False  # the data lives and dies with this process
+
     async def shared_time(self) -> None:
         return None  # one process: its own clock is the shared one
 

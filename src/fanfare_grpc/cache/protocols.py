@@ -183,6 +183,12 @@ class Cache(Protocol):
         ``noeviction`` in process; None when Redis will not say."""
         ...
 
+    async def persistence(self) -> bool | None:
+        """Whether the backend keeps its data across a restart: Redis with an AOF
+        (``appendonly yes``) or ``save`` snapshots; None when Redis will not say;
+        False in process (the data is gone with the process)."""
+        ...
+
     async def shared_time(self) -> float | None:
         """Unix time by the backend's clock, the same for every process that shares it
         (Redis ``TIME``); None for the in-process cache (one process, one clock)."""

@@ -8,14 +8,17 @@ Per queue: a ``SortedList`` of (score, consumer id) for the waiting line (rank b
 bisection, O(log n)), a dict of entries, a dict device → consumer for the devices
 held by active entries, a ``SortedList`` of (handoff_expires_at, consumer id) for
 the admitted entries (+inf once redeemed: such entries never expire, yet are still
-admitted), the queue's counter (scores of arrivals after opening), the completed count
-and the recent admission times. Nothing here evicts an entry, yet every operation
+admitted), the queue's counter (scores of arrivals after opening), the completed count,
+the recent admission times and the state's marker (gone with the process: a restarted
+embedded server finds the state of its open queues lost, as Redis does after a restart
+without persistence). Nothing here evicts an entry, yet every operation
 tolerates a missing one as the Redis scripts do (one contract for both).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -29,11 +32,14 @@ from fanfare_grpc.domain.queue_state import (
     EntryRecord,
     EntryStatus,
     EntryView,
+    MarkerCheck,
     QueueCounters,
     QueueRef,
     RedeemOutcome,
     RedeemResult,
+    StateMarker,
     Transition,
+    Views,
 )
 
 # Admission times are kept this long (the Redis backend trims its history likewise),
@@ -115,6 +121,7 @@ class _Queue:
         "devices",
         "ended",
         "entries",
+        "marker",
         "missing",
         "sequence",
         "waiting",
@@ -130,6 +137,20 @@ class _Queue:
         self.admissions: SortedList[float] = SortedList()
         # consumers skipped because their entry was gone
         self.missing = 0
+        self.marker: StateMarker | None = None
+
+    def holds_state(self) -> bool:
+        """Anything besides the marker (what a Redis key of the queue would hold)."""
+        return bool(
+            self.waiting
+            or self.entries
+            or self.devices
+            or self.admitted
+            or self.sequence
+            or self.ended
+            or self.admissions
+            or self.missing
+        )
 
     def next_number(self) -> int:
         self.sequence += 1
@@ -172,6 +193,30 @@ class MemoryQueueStateStore:
             state = self._queues[queue] = _Queue()
         return state
 
+    def _check(self, queue: QueueRef, check: MarkerCheck | None) -> tuple[StateMarker | None, bool]:
+        """The marker, written first if ``check`` asks and there is none (see the
+        protocol's ``check_marker``); and whether this call declared the state lost."""
+        state = self._queues.get(queue)
+        if state is not None and state.marker is not None:
+            return state.marker, False
+        if check is None:
+            return None, False
+        lost = state is None or not state.holds_state()
+        state = self._queue(queue)
+        state.marker = StateMarker(check.epoch, check.now, check.now if lost else None)
+        return state.marker, lost
+
+    async def start(self, queue: QueueRef, marker: StateMarker) -> StateMarker:
+        state = self._queue(queue)
+        if state.marker is None:
+            state.marker = marker
+        return state.marker
+
+    async def check_marker(self, queue: QueueRef, check: MarkerCheck) -> tuple[StateMarker, bool]:
+        marker, lost = self._check(queue, check)
+        assert marker is not None
+        return marker, lost
+
     async def enter(
         self,
         queue: QueueRef,
@@ -179,8 +224,16 @@ class MemoryQueueStateStore:
         *,
         score: float,
         max_size: int | None,
+        check: MarkerCheck | None = None,
     ) -> EnterResult:
         score = _check_score(score)
+        marker, lost = self._check(queue, check)
+        result = self._enter(queue, entry, score, max_size)
+        return dataclasses.replace(result, marker=marker, declared_lost=lost)
+
+    def _enter(
+        self, queue: QueueRef, entry: EntryRecord, score: float, max_size: int | None
+    ) -> EnterResult:
         state = self._queue(queue)
         consumer_id = entry.consumer_id
         existing = state.entries.get(consumer_id)
@@ -208,14 +261,19 @@ class MemoryQueueStateStore:
         entry = None if state is None else state.entries.get(consumer_id)
         return None if state is None or entry is None else state.view(entry)
 
-    async def views(self, queue: QueueRef, consumer_ids: Sequence[str]) -> list[EntryView | None]:
+    async def views(
+        self,
+        queue: QueueRef,
+        consumer_ids: Sequence[str],
+        *,
+        check: MarkerCheck | None = None,
+    ) -> Views:
+        marker, lost = self._check(queue, check)
         state = self._queues.get(queue)
-        if state is None:
-            return [None] * len(consumer_ids)
-        views: list[EntryView | None] = []
+        views = Views(marker=marker, declared_lost=lost)
         for consumer_id in consumer_ids:
-            entry = state.entries.get(consumer_id)
-            views.append(None if entry is None else state.view(entry))
+            entry = None if state is None else state.entries.get(consumer_id)
+            views.append(None if state is None or entry is None else state.view(entry))
         return views
 
     async def leave(self, queue: QueueRef, consumer_id: str, now: float) -> Transition | None:
@@ -347,10 +405,18 @@ class MemoryQueueStateStore:
         state.admitted.add(entry.admitted_key())
         return RedeemResult(RedeemOutcome.OK, entry.record())
 
-    async def counters(self, queue: QueueRef, now: float, window_seconds: float) -> QueueCounters:
+    async def counters(
+        self,
+        queue: QueueRef,
+        now: float,
+        window_seconds: float,
+        *,
+        check: MarkerCheck | None = None,
+    ) -> QueueCounters:
+        marker, lost = self._check(queue, check)
         state = self._queues.get(queue)
         if state is None:
-            return QueueCounters(0, 0, 0, 0, None, 0, 0, 0, 0)
+            return QueueCounters(0, 0, 0, 0, None, marker=marker, declared_lost=lost)
         history = state.admissions
         recent = len(history) - history.bisect_right(now - window_seconds)
         head_entered_at = None
@@ -367,6 +433,8 @@ class MemoryQueueStateStore:
             left=state.ended[EntryStatus.LEFT],
             expired=state.ended[EntryStatus.EXPIRED],
             missing=state.missing,
+            marker=marker,
+            declared_lost=lost,
         )
 
     async def drop(self, queue: QueueRef) -> None:

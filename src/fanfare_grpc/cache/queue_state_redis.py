@@ -12,7 +12,9 @@ Redis Cluster slot per queue, and every script receives all of them in ``KEYS``:
 - ``seq``: the queue's counter (``1 + n`` scores of arrivals after opening);
 - ``counts``: HASH, how many entries ended ``completed``, ``denied``, ``left``, ``expired``,
   and how many consumers were skipped because their entry was ``missing``;
-- ``admissions``: ZSET token id → admission time, trimmed to the last hour on admit.
+- ``admissions``: ZSET token id → admission time, trimmed to the last hour on admit;
+- ``meta``: HASH, the state's marker: ``epoch``, ``started_at`` and ``lost_at`` (set
+  when the state before it was found lost), see ``queue_state``'s module doc.
 
 Redis Lua gotchas this layout avoids: a Lua number returned to the client is truncated
 to an integer, and ``cjson.encode`` writes numbers with only 14 significant digits
@@ -41,23 +43,44 @@ from fanfare_grpc.domain.queue_state import (
     EntryRecord,
     EntryStatus,
     EntryView,
+    MarkerCheck,
     QueueCounters,
     QueueRef,
     RedeemOutcome,
     RedeemResult,
+    StateMarker,
     Transition,
+    Views,
 )
 
 # Same history as the in-process store: ``counters`` windows of at most an hour.
 ADMISSION_HISTORY_SECONDS = 3600.0
 
-_PARTS = ("waiting", "entries", "devices", "admitted", "seq", "counts", "admissions")
+_PARTS = ("waiting", "entries", "devices", "admitted", "seq", "counts", "admissions", "meta")
 _ACTIVE = (EntryStatus.QUEUED, EntryStatus.ADMITTED)
 
 # Shared by every script: key names (KEYS in ``_PARTS`` order) and helpers.
 _PRELUDE = """
 local waiting_key, entries_key, devices_key = KEYS[1], KEYS[2], KEYS[3]
 local admitted_key, seq_key, counts_key, admissions_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local meta_key = KEYS[8]
+
+-- The marker as {epoch, started_at, lost_at, 1 if this call declared the state lost}
+-- (false for what is absent). With check_now ~= '' a missing marker is written first:
+-- lost if no other key of the queue exists, adopted otherwise.
+local function marker(check_now, check_epoch)
+  local found = redis.call('HMGET', meta_key, 'epoch', 'started_at', 'lost_at')
+  if found[1] or check_now == nil or check_now == '' then
+    return {found[1], found[2], found[3], 0}
+  end
+  local held = redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+  if held == 0 then
+    redis.call('HSET', meta_key, 'epoch', check_epoch, 'started_at', check_now, 'lost_at', check_now)
+    return {check_epoch, check_now, check_now, 1}
+  end
+  redis.call('HSET', meta_key, 'epoch', check_epoch, 'started_at', check_now)
+  return {check_epoch, check_now, false, 0}
+end
 
 local function save(consumer, entry)
   local raw = cjson.encode(entry)
@@ -79,14 +102,19 @@ local function finish(consumer, entry, status, now)
 end
 """
 
-# ARGV: consumer, entry JSON, device hash, score ('' = next number), max size ('' = none).
-# -> {outcome, entry JSON, rank}
+# ARGV: consumer, entry JSON, device hash, score ('' = next number), max size ('' = none),
+# check time and epoch ('' = no check). -> {marker (4 items), outcome, entry JSON, rank}
 _ENTER = """
 local consumer, raw, device, score, max_size = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local out = marker(ARGV[6], ARGV[7])
+local function answer(outcome, entry, rank)
+  out[5], out[6], out[7] = outcome, entry or false, rank or false
+  return out
+end
 local existing = redis.call('HGET', entries_key, consumer)
 if existing then
   if cjson.decode(existing).status ~= 'left' then
-    return {'already_entered', existing, redis.call('ZRANK', waiting_key, consumer)}
+    return answer('already_entered', existing, redis.call('ZRANK', waiting_key, consumer))
   end
   -- back of the line: leaving and entering again must not redraw a pre-queue position
   score = ''
@@ -97,12 +125,12 @@ if holder and holder ~= consumer then
   if other then
     local status = cjson.decode(other).status
     if status == 'queued' or status == 'admitted' then
-      return {'device_taken'}
+      return answer('device_taken')
     end
   end
 end
 if max_size ~= '' and redis.call('ZCARD', waiting_key) >= tonumber(max_size) then
-  return {'full'}
+  return answer('full')
 end
 if score == '' then
   score = 1 + redis.call('INCR', seq_key)
@@ -110,17 +138,26 @@ end
 redis.call('ZADD', waiting_key, score, consumer)
 redis.call('HSET', entries_key, consumer, raw)
 redis.call('HSET', devices_key, device, consumer)
-return {'entered', raw, redis.call('ZRANK', waiting_key, consumer)}
+return answer('entered', raw, redis.call('ZRANK', waiting_key, consumer))
 """
 
-# ARGV: consumer ids. -> {entry JSON or nil, rank or nil} per consumer, flattened.
+# ARGV: check time and epoch ('' = no check), consumer ids.
+# -> {marker (4 items), then entry JSON or nil, rank or nil per consumer}
 _VIEWS = """
-local out = {}
-for i, consumer in ipairs(ARGV) do
-  out[2 * i - 1] = redis.call('HGET', entries_key, consumer)
-  out[2 * i] = redis.call('ZRANK', waiting_key, consumer)
+local out = marker(ARGV[1], ARGV[2])
+for i = 3, #ARGV do
+  out[#out + 1] = redis.call('HGET', entries_key, ARGV[i])
+  out[#out + 1] = redis.call('ZRANK', waiting_key, ARGV[i])
 end
 return out
+"""
+
+# ARGV: epoch, started_at. -> marker (4 items)
+_START = """
+if redis.call('HSETNX', meta_key, 'epoch', ARGV[1]) == 1 then
+  redis.call('HSET', meta_key, 'started_at', ARGV[2])
+end
+return marker()
 """
 
 # ARGV: consumer, new status, now, '1' if a redeemed entry may not move, statuses it
@@ -266,8 +303,11 @@ redis.call('ZADD', admitted_key, '+inf', consumer)
 return {'ok', save(consumer, entry)}
 """
 
-# ARGV: '(' .. window start. -> {waiting, admitted, completed, recent, head entered_at}
+# ARGV: '(' .. window start, check time and epoch ('' = no check).
+# -> {waiting, admitted, completed, recent, head entered_at, denied, left, expired,
+# missing, marker (4 items)}
 _COUNTERS = """
+local checked = marker(ARGV[2], ARGV[3])
 local head = redis.call('ZRANGE', waiting_key, 0, 0)
 local head_entered_at = false
 local head_raw = head[1] and redis.call('HGET', entries_key, head[1])
@@ -284,6 +324,7 @@ return {
   tonumber(redis.call('HGET', counts_key, 'left') or '0'),
   tonumber(redis.call('HGET', counts_key, 'expired') or '0'),
   tonumber(redis.call('HGET', counts_key, 'missing') or '0'),
+  checked[1], checked[2], checked[3], checked[4],
 }
 """
 
@@ -332,6 +373,24 @@ def _decode(consumer_id: object, raw: object) -> EntryRecord:
     )
 
 
+def _check_args(check: MarkerCheck | None) -> list[str]:
+    """The check time and epoch of a script's ``ARGV`` ('' for no check)."""
+    return ["", ""] if check is None else [_number(check.now), check.epoch]
+
+
+def _marker(items: Sequence[object]) -> tuple[StateMarker | None, bool]:
+    """``{epoch, started_at, lost_at, declared}`` from a script → marker, declared."""
+    epoch, started_at, lost_at, declared = items
+    if epoch is None:
+        return None, False
+    marker = StateMarker(
+        _text(epoch),
+        0.0 if started_at is None else float(_text(started_at)),
+        _optional_float(lost_at),
+    )
+    return marker, int(cast(int, declared)) == 1
+
+
 def _decode_pairs(reply: Any, start: int = 0) -> list[EntryRecord]:
     """``{consumer, entry JSON, consumer, entry JSON, ...}`` (from ``start``) → records."""
     items = cast(list[object], reply)
@@ -351,6 +410,7 @@ class RedisQueueStateStore:
 
         self._enter = script(_ENTER)
         self._views = script(_VIEWS)
+        self._start = script(_START)
         self._transition = script(_TRANSITION)
         self._admit = script(_ADMIT)
         self._expire = script(_EXPIRE)
@@ -369,6 +429,7 @@ class RedisQueueStateStore:
         *,
         score: float,
         max_size: int | None,
+        check: MarkerCheck | None = None,
     ) -> EnterResult:
         if not math.isfinite(score):
             raise ValueError(f"queue scores must be finite, not {score!r}")
@@ -380,30 +441,53 @@ class RedisQueueStateStore:
                 entry.device_hash,
                 "" if score < 0 else _number(score),
                 "" if max_size is None else str(max_size),
+                *_check_args(check),
             ],
         )
-        outcome = EnterOutcome(_text(reply[0]))
-        if len(reply) < 2:
-            return EnterResult(outcome)
-        rank = None if len(reply) < 3 or reply[2] is None else int(reply[2])
-        return EnterResult(outcome, EntryView(_decode(entry.consumer_id, reply[1]), rank))
+        marker, lost = _marker(reply[:4])
+        outcome, raw, rank = EnterOutcome(_text(reply[4])), reply[5], reply[6]
+        view = None
+        if raw is not None:
+            view = EntryView(_decode(entry.consumer_id, raw), None if rank is None else int(rank))
+        return EnterResult(outcome, view, marker=marker, declared_lost=lost)
 
     async def view(self, queue: QueueRef, consumer_id: str) -> EntryView | None:
         return (await self.views(queue, [consumer_id]))[0]
 
-    async def views(self, queue: QueueRef, consumer_ids: Sequence[str]) -> list[EntryView | None]:
-        if not consumer_ids:
-            return []
-        reply = cast(list[Any], await self._views(keys=self.keys(queue), args=list(consumer_ids)))
-        views: list[EntryView | None] = []
+    async def views(
+        self,
+        queue: QueueRef,
+        consumer_ids: Sequence[str],
+        *,
+        check: MarkerCheck | None = None,
+    ) -> Views:
+        reply = cast(
+            list[Any],
+            await self._views(keys=self.keys(queue), args=[*_check_args(check), *consumer_ids]),
+        )
+        marker, lost = _marker(reply[:4])
+        views = Views(marker=marker, declared_lost=lost)
         for index, consumer_id in enumerate(consumer_ids):
-            raw, rank = reply[2 * index], reply[2 * index + 1]
+            raw, rank = reply[4 + 2 * index], reply[5 + 2 * index]
             if raw is None:
                 views.append(None)
             else:
                 record = _decode(consumer_id, raw)
                 views.append(EntryView(record, None if rank is None else int(rank)))
         return views
+
+    async def start(self, queue: QueueRef, marker: StateMarker) -> StateMarker:
+        reply = await self._start(
+            keys=self.keys(queue), args=[marker.epoch, _number(marker.started_at)]
+        )
+        started, _ = _marker(reply)
+        assert started is not None
+        return started
+
+    async def check_marker(self, queue: QueueRef, check: MarkerCheck) -> tuple[StateMarker, bool]:
+        views = await self.views(queue, [], check=check)
+        assert views.marker is not None
+        return views.marker, views.declared_lost
 
     async def leave(self, queue: QueueRef, consumer_id: str, now: float) -> Transition | None:
         return await self._move(
@@ -490,7 +574,14 @@ class RedisQueueStateStore:
         entry = None if raw is None else _decode(consumer_id, raw)
         return RedeemResult(RedeemOutcome(_text(outcome)), entry, replayed=len(reply) > 2)
 
-    async def counters(self, queue: QueueRef, now: float, window_seconds: float) -> QueueCounters:
+    async def counters(
+        self,
+        queue: QueueRef,
+        now: float,
+        window_seconds: float,
+        *,
+        check: MarkerCheck | None = None,
+    ) -> QueueCounters:
         (
             waiting,
             admitted,
@@ -501,7 +592,12 @@ class RedisQueueStateStore:
             left,
             expired,
             missing,
-        ) = await self._counters(keys=self.keys(queue), args=["(" + _number(now - window_seconds)])
+            *checked,
+        ) = await self._counters(
+            keys=self.keys(queue),
+            args=["(" + _number(now - window_seconds), *_check_args(check)],
+        )
+        marker, lost = _marker(checked)
         return QueueCounters(
             waiting=int(waiting),
             admitted=int(admitted),
@@ -512,6 +608,8 @@ class RedisQueueStateStore:
             left=int(left),
             expired=int(expired),
             missing=int(missing),
+            marker=marker,
+            declared_lost=lost,
         )
 
     async def drop(self, queue: QueueRef) -> None:

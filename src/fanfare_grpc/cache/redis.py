@@ -255,6 +255,20 @@ class RedisCache:
         policy = memory.get("maxmemory_policy")
         return None if policy is None else str(policy)
 
+    async def persistence(self) -> bool | None:
+        try:
+            configured = cast(dict[str, str], await self._client.config_get("appendonly"))
+            configured.update(cast(dict[str, str], await self._client.config_get("save")))
+            return configured.get("appendonly") == "yes" or bool(configured.get("save", "").strip())
+        except ResponseError:
+            pass  # CONFIG disabled or renamed (managed Redis services): INFO tells of AOF
+        try:
+            persistence = await self._client.info("persistence")
+        except ResponseError:
+            return None
+        # INFO does not show the snapshot schedule: without an AOF, nobody can tell.
+        return True if str(persistence.get("aof_enabled")) == "1" else None
+
     async def shared_time(self) -> float:
         seconds, microseconds = await self._client.time()
         return int(seconds) + int(microseconds) / 1_000_000

@@ -6,7 +6,10 @@ one round trip per queue per interval, not one each. A watcher is woken when its
 status changes, when its place moved materially (by at least 1 %, or to the
 front), when the queue's status changes, and at least every ``heartbeat``. The
 state is shared through the cache, so an admission made by any replica's worker
-reaches watchers on every replica. A watcher that goes away is dropped at once;
+reaches watchers on every replica. A watcher whose entry vanished while the queue
+still exists had it lost with the queue's state (the batched read checks the state's
+marker): its stream ends UNAVAILABLE ``QUEUE_STATE_LOST``, so the client enters
+again instead of waiting on a silent stream. A watcher that goes away is dropped at once;
 the last one of a queue stops its poller. Every stream holds a slot of its session
 and of its client (``StreamSlots``) while it runs.
 """
@@ -22,9 +25,9 @@ from typing import Protocol
 
 from fanfare_grpc import errors
 from fanfare_grpc.domain.queue_config import QUEUE_NOT_FOUND
-from fanfare_grpc.domain.queue_entries import Position, QueueEntries, queue_ref
+from fanfare_grpc.domain.queue_entries import Position, QueueEntries, queue_ref, state_lost
 from fanfare_grpc.domain.queue_state import EntryStatus, QueueRef
-from fanfare_grpc.domain.queues import QueueStatus
+from fanfare_grpc.domain.queues import ENTERABLE, QueueStatus
 from fanfare_grpc.domain.stream_slots import StreamSlots
 
 YIELD_EVERY = 200
@@ -69,17 +72,18 @@ class _Watcher:
     consumer_id: str
     last_sent: Position
     sent_at: float
-    # None: the queue is gone (deleted); the stream ends with NOT_FOUND.
-    updates: asyncio.Queue[Position | None] = dataclasses.field(
+    # An error ends the stream with it: NOT_FOUND (the queue was deleted) or
+    # UNAVAILABLE (the queue's state was lost).
+    updates: asyncio.Queue[Position | errors.FanfareError] = dataclasses.field(
         default_factory=lambda: asyncio.Queue(maxsize=1)
     )
 
-    def offer(self, position: Position | None, now: float) -> None:
+    def offer(self, position: Position | errors.FanfareError, now: float) -> None:
         # Only the newest update matters: replace one the client has not taken yet.
         if self.updates.full():
             self.updates.get_nowait()
         self.updates.put_nowait(position)
-        if position is not None:
+        if isinstance(position, Position):
             self.last_sent = position
         self.sent_at = now
 
@@ -147,6 +151,7 @@ class PositionFeed:
         Raises:
             ResourceExhausted: The session or the client has too many streams open.
             NotFound: No such queue here, or the consumer never entered it.
+            Unavailable: The queue's state was lost (``QUEUE_STATE_LOST``): enter again.
         """
         with self._slots.hold(organization_id, mode, caller.session_id, caller.client_host):
             first = await self._entries.position(
@@ -160,8 +165,8 @@ class PositionFeed:
             try:
                 while True:
                     position = await watcher.updates.get()
-                    if position is None:
-                        raise errors.NotFound(QUEUE_NOT_FOUND)
+                    if isinstance(position, errors.FanfareError):
+                        raise position
                     yield position
                     if is_final(position):
                         return
@@ -228,16 +233,29 @@ class PositionFeed:
             queue = await self._entries.queue(organization_id, mode, queue_id)
         except errors.NotFound:
             for watcher in watchers:
-                watcher.offer(None, now)
+                watcher.offer(errors.NotFound(QUEUE_NOT_FOUND), now)
             return
-        views = await self._entries.state.views(ref, [w.consumer_id for w in watchers])
+        views = await self._entries.state.views(
+            ref, [w.consumer_id for w in watchers], check=self._entries.marker_check(queue)
+        )
+        if views.declared_lost and views.marker is not None:
+            try:
+                await self._entries.confirm_loss(queue, views.marker)
+            except errors.NotFound:
+                for watcher in watchers:
+                    watcher.offer(errors.NotFound(QUEUE_NOT_FOUND), now)
+                return
         for index, (watcher, view) in enumerate(zip(watchers, views, strict=True)):
             if index and index % YIELD_EVERY == 0:
                 # Let the streams already woken send while the rest are prepared
                 # (admitted ones each sign a handoff token).
                 await asyncio.sleep(0)
             if view is None:
-                watcher.offer(None, now)  # the queue's state was dropped (deleted)
+                # Its entry is gone while the queue takes entries: the state was lost
+                # (entries are only dropped with a deleted, so DRAFT or CLOSED, queue;
+                # nor can a CLOSED queue be entered again: NOT_FOUND then).
+                gone = state_lost() if queue.status in ENTERABLE else None
+                watcher.offer(gone or errors.NotFound(QUEUE_NOT_FOUND), now)
                 continue
             previous = watcher.last_sent
             changed = (

@@ -106,6 +106,8 @@ class QueueWorker:
                 )
             except errors.NotFound:
                 continue  # deleted meanwhile
+            # A loss is logged within a pass, whether or not a consumer calls.
+            await self._entries.check_state(queue)
             if queue.status is QueueStatus.OPEN:
                 await self._admission_tick(queue)
             await self._entries.expire(queue)

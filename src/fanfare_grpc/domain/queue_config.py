@@ -22,6 +22,7 @@ from fanfare_grpc.domain.queues import (
     CLOSABLE,
     DEFAULT_HANDOFF_TTL,
     DELETABLE,
+    ENTERABLE,
     MAX_ADMISSION_RATE_PER_MINUTE,
     OPENABLE,
     PAUSABLE,
@@ -88,7 +89,14 @@ class QueueStore(Protocol):
 
 
 class QueueStateCleaner(Protocol):
-    """Drops a deleted queue's live state (entries, positions) from the cache."""
+    """Starts a queue's live state (entries, positions) in the cache, and drops a
+    deleted queue's."""
+
+    async def start_queue(self, queue: Queue) -> None:
+        """Mark the queue's state as started (it takes entries from now on): called
+        before the database says so, so that any replica that reads SCHEDULED, OPEN or
+        PAUSED and finds no marker knows the state was lost."""
+        ...
 
     async def forget_queue(self, queue: Queue) -> None:
         """Forget everything the cache holds about ``queue``."""
@@ -193,9 +201,11 @@ class QueueConfigService:
             opens_at=new.opens_at,
             closes_at=new.closes_at,
         )
+        await self._start_if_new(queue, None)
         try:
             await self._store.add(queue, rate_ceiling=self._ceiling_for(queue, None))
         except AdmissionRateCeilingExceeded as exceeded:
+            await self._cleaner.forget_queue(queue)  # its marker: the queue never existed
             raise _ceiling_reached(queue, exceeded) from None
         return queue
 
@@ -296,6 +306,7 @@ class QueueConfigService:
             updated = dataclasses.replace(
                 updated, updated_at=current.updated_at + dt.timedelta(microseconds=1)
             )
+        await self._start_if_new(updated, current)
         if not await self._replace(updated, current):
             raise errors.Aborted("the queue changed meanwhile; retry")
         self._changed(updated)
@@ -374,6 +385,7 @@ class QueueConfigService:
             changed = dataclasses.replace(changed, opened_at=now)
         if target is QueueStatus.CLOSED:
             changed = dataclasses.replace(changed, closed_at=now)
+        await self._start_if_new(changed, queue)
         if not await self._replace(changed, queue):
             raise errors.Aborted("the queue changed meanwhile; retry")
         self._changed(changed)
@@ -383,6 +395,14 @@ class QueueConfigService:
         ):
             await self._publish(event_type, changed)
         return changed
+
+    async def _start_if_new(self, queue: Queue, previous: Queue | None) -> None:
+        """Mark the live state started when ``queue`` starts taking entries (DRAFT or
+        new → SCHEDULED or OPEN), before it is stored: if the cache cannot be written
+        the call fails and the database is unchanged. A marker left by a store that
+        then fails (a conflict) is harmless: it is kept by the next start."""
+        if queue.status in ENTERABLE and (previous is None or previous.status not in ENTERABLE):
+            await self._cleaner.start_queue(queue)
 
     def _ceiling_for(self, queue: Queue, previous: Queue | None) -> int | None:
         """The ceiling to check when storing ``queue`` over ``previous``, or None.

@@ -3,10 +3,17 @@
 Live state is in the cache (``QueueStateStore``); queue configuration comes from the
 database through a short per-process cache, so the hot paths (EnterQueue,
 GetPosition, WatchPosition) cost one cache round trip, not a database query.
+
+The cache may lose a queue's state (see ``queue_state``): the same round trip checks
+the state's marker whenever the database says the queue takes entries. The call that
+finds the loss logs it (one error per queue and loss, whichever replica finds it);
+from then on a consumer without an entry is told UNAVAILABLE ``QUEUE_STATE_LOST``
+("re-enter") rather than NOT_FOUND, and ``GetQueueStats`` shows when it happened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
@@ -37,16 +44,26 @@ from fanfare_grpc.domain.queue_state import (
     EntryRecord,
     EntryStatus,
     EntryView,
+    MarkerCheck,
     QueueCounters,
     QueueRef,
     QueueStateStore,
     RedeemOutcome,
+    StateMarker,
     Transition,
 )
 from fanfare_grpc.domain.queues import ENTERABLE, Queue, QueueStatus
 
 NOT_IN_QUEUE = "not in this queue"
 QUEUE_NOT_OPEN = "the queue is not open for entries"
+STATE_LOST = "queue state lost; re-enter"
+# ``google.rpc.ErrorInfo`` reason of STATE_LOST: entering again is the way back.
+STATE_LOST_REASON = "QUEUE_STATE_LOST"
+QUEUE_STATE_LOST_LOG = (
+    "queue state lost: the cache holds nothing for a queue the database says takes "
+    "entries (Redis restarted or flushed without persistence, or failed over?); its "
+    "consumers must enter again"
+)
 # How stale the per-process copy of a queue's configuration and measured admission
 # rate may be (status changes reach every replica within this).
 CONFIG_TTL_SECONDS = 1.0
@@ -138,12 +155,19 @@ class Position:
 
 @dataclasses.dataclass(frozen=True)
 class QueueStats:
-    """``GetQueueStats``: measured rate is admissions per minute over the last 5 min."""
+    """``GetQueueStats``: measured rate is admissions per minute over the last 5 min;
+    ``state_lost_at``: when the cache was last found to have lost the queue's entries."""
 
     queue: Queue
     counters: QueueCounters
     admissions_per_minute: float
     oldest_wait: dt.timedelta | None
+    state_lost_at: dt.datetime | None = None
+
+
+def state_lost() -> errors.Unavailable:
+    """What a consumer without an entry hears once the queue's state was lost."""
+    return errors.Unavailable(STATE_LOST, reason=STATE_LOST_REASON)
 
 
 def queue_ref(queue: Queue) -> QueueRef:
@@ -260,7 +284,10 @@ class QueueEntries:
             ),
             score=score,
             max_size=queue.max_size or None,
+            check=self.marker_check(queue),
         )
+        if result.declared_lost and result.marker is not None:
+            await self.confirm_loss(queue, result.marker)
         if result.outcome is EnterOutcome.DEVICE_TAKEN:
             raise errors.FailedPrecondition("this device is already in the queue")
         if result.outcome is EnterOutcome.FULL:
@@ -283,12 +310,69 @@ class QueueEntries:
 
         Raises:
             NotFound: No such queue here, or the consumer never entered it.
+            Unavailable: No entry, and the queue's state was lost (``STATE_LOST``).
         """
         queue = await self.queue(organization_id, mode, queue_id)
-        view = await self._state.view(queue_ref(queue), consumer_id)
+        views = await self._state.views(
+            queue_ref(queue), [consumer_id], check=self.marker_check(queue)
+        )
+        if views.declared_lost and views.marker is not None:
+            await self.confirm_loss(queue, views.marker)
+        view = views[0]
         if view is None:
-            raise errors.NotFound(NOT_IN_QUEUE)
+            raise self.no_entry(queue, views.marker)
         return await self._position(queue, view)
+
+    def marker_check(self, queue: Queue) -> MarkerCheck | None:
+        """A marker check when the database says the queue's state must exist."""
+        if queue.status not in ENTERABLE:
+            return None
+        return MarkerCheck(self._now(), secrets.token_hex(8))
+
+    def no_entry(self, queue: Queue, marker: StateMarker | None) -> errors.FanfareError:
+        """Why a consumer has no entry: the state was lost (enter again), or never
+        entered (a CLOSED queue cannot be entered again: NOT_FOUND then too)."""
+        if queue.status in ENTERABLE and marker is not None and marker.lost_at is not None:
+            return state_lost()
+        return errors.NotFound(NOT_IN_QUEUE)
+
+    async def check_state(self, queue: Queue) -> None:
+        """Find (and report) a loss of the queue's state even if no consumer calls: the
+        worker checks every OPEN and PAUSED queue on each pass, one round trip each."""
+        check = self.marker_check(queue)
+        if check is None:
+            return
+        marker, declared = await self._state.check_marker(queue_ref(queue), check)
+        if declared:
+            with contextlib.suppress(errors.NotFound):
+                await self.confirm_loss(queue, marker)
+
+    async def confirm_loss(self, queue: Queue, marker: StateMarker) -> None:
+        """Log a loss this process's call declared (so once per queue and loss), once
+        the database confirms the queue still exists: ``queue`` may come from the
+        per-process copy, up to ``CONFIG_TTL_SECONDS`` old, and a queue another replica
+        just deleted (its state dropped) is no loss. Then the marker the check wrote
+        (and anything entered with it) is dropped again.
+
+        Raises:
+            NotFound: The queue was deleted meanwhile.
+        """
+        try:
+            await self._config.get(queue.organization_id, queue.mode, queue.queue_id)
+        except errors.NotFound:
+            await self._state.drop(queue_ref(queue))
+            self.forget(queue)
+            raise
+        self._logger.error(
+            QUEUE_STATE_LOST_LOG,
+            extra={
+                "organization_id": queue.organization_id,
+                "mode": queue.mode,
+                "queue_id": queue.queue_id,
+                "queue_status": queue.status.value,
+                "epoch": marker.epoch,
+            },
+        )
 
     async def position_of(self, queue: Queue, view: EntryView) -> Position:
         """A ``Position`` from an already read view (position streams)."""
@@ -473,12 +557,21 @@ class QueueEntries:
         """Configuration, counters, measured admission rate and the longest wait."""
         queue = await self._config.get(organization_id, mode, queue_id)
         now = self._now()
-        counters = await self._state.counters(queue_ref(queue), now, RATE_WINDOW_SECONDS)
+        counters = await self._state.counters(
+            queue_ref(queue), now, RATE_WINDOW_SECONDS, check=self.marker_check(queue)
+        )
+        if counters.declared_lost and counters.marker is not None:
+            await self.confirm_loss(queue, counters.marker)
         oldest_wait = None
         if counters.head_entered_at is not None:
             oldest_wait = dt.timedelta(seconds=max(0.0, now - counters.head_entered_at))
+        lost_at = None if counters.marker is None else counters.marker.lost_at
         return QueueStats(
-            queue, counters, counters.admitted_recently * 60.0 / RATE_WINDOW_SECONDS, oldest_wait
+            queue,
+            counters,
+            counters.admitted_recently * 60.0 / RATE_WINDOW_SECONDS,
+            oldest_wait,
+            None if lost_at is None else _datetime(lost_at),
         )
 
     async def _position(self, queue: Queue, view: EntryView) -> Position:
@@ -599,10 +692,14 @@ class QueueEntries:
 
 
 class QueueStateDropper:
-    """Drops a deleted queue's live state (the ``QueueStateCleaner`` of queue config)."""
+    """Starts and drops queues' live state (the ``QueueStateCleaner`` of queue config)."""
 
     def __init__(self, state: QueueStateStore) -> None:
         self._state = state
+
+    async def start_queue(self, queue: Queue) -> None:
+        marker = StateMarker(secrets.token_hex(8), _timestamp(queue.updated_at))
+        await self._state.start(queue_ref(queue), marker)
 
     async def forget_queue(self, queue: Queue) -> None:
         await self._state.drop(queue_ref(queue))

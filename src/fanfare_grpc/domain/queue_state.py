@@ -18,6 +18,16 @@ operator's ``HDEL``). Every operation tolerates it: such a consumer is skipped a
 dropped from the line, counted in ``QueueCounters.missing``, never admitted or
 expired; the device it held counts as free (``enter`` only honours a holder whose
 entry is QUEUED or ADMITTED), and once dropped the consumer may enter again.
+
+Lost state: the store is a cache, so a queue's whole state can vanish (Redis restarted
+without persistence, flushed, failed over to an empty replica; a restarted process).
+Each queue's state therefore carries a marker (``StateMarker``), written when the queue
+starts taking entries (``start``), before the database says so. A queue the database
+says is SCHEDULED, OPEN or PAUSED whose marker is missing has lost its state: the
+first call that checks (``MarkerCheck``) finds it in its atomic step, writes a new
+marker with ``lost_at`` (a new epoch) and says so (``declared_lost``), so exactly one
+call in the deployment sees the loss declared. State without a marker (written by a
+release before markers) is adopted: marked, kept, not lost.
 """
 
 from __future__ import annotations
@@ -65,6 +75,35 @@ class QueueRef:
 
 
 @dataclasses.dataclass(frozen=True)
+class StateMarker:
+    """The marker of one incarnation of a queue's live state.
+
+    Attributes:
+        epoch: Random id of this incarnation (a new one after a loss).
+        started_at: When it was written.
+        lost_at: When the state before it was found lost (None: nothing was lost).
+    """
+
+    epoch: str
+    started_at: float
+    lost_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkerCheck:
+    """Passed by a caller that knows (from the database) that the queue's state must
+    exist: a missing marker is then a loss (or adopted, if state is there).
+
+    Attributes:
+        now: The time written as ``lost_at`` / ``started_at``.
+        epoch: The epoch of the marker written if there is none (fresh, random).
+    """
+
+    now: float
+    epoch: str
+
+
+@dataclasses.dataclass(frozen=True)
 class EntryRecord:
     """One consumer's entry in one queue.
 
@@ -104,6 +143,28 @@ class EntryView:
     rank: int | None
 
 
+class Views(list[EntryView | None]):
+    """What ``views`` found (one item per consumer asked; it is that list), with the
+    queue's marker.
+
+    Attributes:
+        marker: The queue's marker after the call (None: there is none, which only
+            happens without a check).
+        declared_lost: This very call found the state lost and wrote the new marker.
+    """
+
+    def __init__(
+        self,
+        found: Iterable[EntryView | None] = (),
+        *,
+        marker: StateMarker | None = None,
+        declared_lost: bool = False,
+    ) -> None:
+        super().__init__(found)
+        self.marker = marker
+        self.declared_lost = declared_lost
+
+
 @dataclasses.dataclass(frozen=True)
 class Transition:
     """A status change asked of the store: the entry as it is afterwards, and whether
@@ -129,10 +190,13 @@ class EnterOutcome(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class EnterResult:
-    """``enter`` outcome and the consumer's entry (new or existing; None otherwise)."""
+    """``enter`` outcome and the consumer's entry (new or existing; None otherwise);
+    with a ``MarkerCheck``, the queue's marker and whether this call declared the loss."""
 
     outcome: EnterOutcome
     view: EntryView | None = None
+    marker: StateMarker | None = None
+    declared_lost: bool = False
 
 
 class AdmissionBatch(list[EntryRecord]):
@@ -193,6 +257,8 @@ class QueueCounters:
         left: Entries that ended LEFT so far (a consumer who re-enters counts again).
         expired: Admissions that expired unredeemed so far.
         missing: Consumers skipped because their entry was gone (see the module doc).
+        marker: The queue's marker (None: there is none, only possible without a check).
+        declared_lost: This very call found the state lost and wrote the new marker.
     """
 
     waiting: int
@@ -204,6 +270,8 @@ class QueueCounters:
     left: int = 0
     expired: int = 0
     missing: int = 0
+    marker: StateMarker | None = None
+    declared_lost: bool = False
 
 
 class QueueStateStore(Protocol):
@@ -216,6 +284,7 @@ class QueueStateStore(Protocol):
         *,
         score: float,
         max_size: int | None,
+        check: MarkerCheck | None = None,
     ) -> EnterResult:
         """Add ``entry`` (status QUEUED) with ``score``, unless:
 
@@ -228,6 +297,9 @@ class QueueStateStore(Protocol):
         ``score`` < 0 means "next in line": the store uses ``1 + n`` from the queue's
         counter instead (first in, first out after pre-queue entrants, whose scores
         are in [0, 1)).
+
+        With ``check``, the marker is checked first, in the same atomic step (see
+        ``check_marker``); the result carries it.
         """
         ...
 
@@ -235,8 +307,29 @@ class QueueStateStore(Protocol):
         """The consumer's entry and rank (O(log n)); None if the consumer never entered."""
         ...
 
-    async def views(self, queue: QueueRef, consumer_ids: Sequence[str]) -> list[EntryView | None]:
-        """``view`` for many consumers in one round trip (live position streams)."""
+    async def views(
+        self,
+        queue: QueueRef,
+        consumer_ids: Sequence[str],
+        *,
+        check: MarkerCheck | None = None,
+    ) -> Views:
+        """``view`` for many consumers in one round trip (live position streams), with
+        the queue's marker; with ``check``, checked first in the same atomic step (see
+        ``check_marker``)."""
+        ...
+
+    async def start(self, queue: QueueRef, marker: StateMarker) -> StateMarker:
+        """Write ``marker`` unless the queue has one (a queue starting to take entries,
+        before the database says it does); return the queue's marker."""
+        ...
+
+    async def check_marker(self, queue: QueueRef, check: MarkerCheck) -> tuple[StateMarker, bool]:
+        """The marker, written if missing (the caller knows the state must exist): with
+        ``lost_at`` = ``check.now`` if the queue has no state at all (lost; True is
+        returned only by the call that wrote it), without if it has some (adopted:
+        state written before markers existed). Every ``check`` argument of the other
+        methods does this within their own atomic step."""
         ...
 
     async def leave(self, queue: QueueRef, consumer_id: str, now: float) -> Transition | None:
@@ -303,10 +396,19 @@ class QueueStateStore(Protocol):
         (``changed`` False); None if the consumer never entered."""
         ...
 
-    async def counters(self, queue: QueueRef, now: float, window_seconds: float) -> QueueCounters:
-        """Current numbers; ``admitted_recently`` counts admissions after now - window."""
+    async def counters(
+        self,
+        queue: QueueRef,
+        now: float,
+        window_seconds: float,
+        *,
+        check: MarkerCheck | None = None,
+    ) -> QueueCounters:
+        """Current numbers; ``admitted_recently`` counts admissions after now - window.
+        With ``check``, the marker is checked first in the same atomic step (see
+        ``check_marker``)."""
         ...
 
     async def drop(self, queue: QueueRef) -> None:
-        """Forget everything about the queue (deleted queue)."""
+        """Forget everything about the queue (deleted queue), its marker included."""
         ...

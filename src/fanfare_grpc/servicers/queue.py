@@ -325,6 +325,8 @@ class QueueServicer(queue_service_pb2_grpc.QueueServiceServicer):
         )
         if stats.oldest_wait is not None:
             response.oldest_wait.CopyFrom(convert.duration(stats.oldest_wait))
+        if stats.state_lost_at is not None:
+            response.state_lost_at.FromDatetime(stats.state_lost_at)
         return response
 
 

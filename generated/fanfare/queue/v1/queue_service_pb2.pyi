@@ -915,6 +915,7 @@ class GetQueueStatsResponse(_message.Message):
     LEFT_FIELD_NUMBER: _builtins.int
     EXPIRED_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    STATE_LOST_AT_FIELD_NUMBER: _builtins.int
     waiting: _builtins.int
     """Consumers currently QUEUED (including the pre-queue)."""
     admitted: _builtins.int
@@ -937,6 +938,14 @@ class GetQueueStatsResponse(_message.Message):
     def oldest_wait(self) -> _duration_pb2.Duration:
         """How long the longest-waiting QUEUED consumer has waited; zero when none wait."""
 
+    @_builtins.property
+    def state_lost_at(self) -> _timestamp_pb2.Timestamp:
+        """When the server last found the queue's live entries lost (its cache restarted
+        without persistence or was flushed): the counters above restarted from zero then,
+        and consumers who had entered must enter again (GetPosition answers them
+        UNAVAILABLE with ErrorInfo reason QUEUE_STATE_LOST until they do). Unset if never.
+        """
+
     def __init__(
         self,
         *,
@@ -949,10 +958,11 @@ class GetQueueStatsResponse(_message.Message):
         left: _builtins.int = ...,
         expired: _builtins.int = ...,
         status: _queue_pb2.QueueStatus.ValueType = ...,
+        state_lost_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_wait", b"oldest_wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_wait", b"oldest_wait", "state_lost_at", b"state_lost_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admission_rate_per_minute", b"admission_rate_per_minute", "admitted", b"admitted", "completed", b"completed", "denied", b"denied", "expired", b"expired", "left", b"left", "oldest_wait", b"oldest_wait", "status", b"status", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admission_rate_per_minute", b"admission_rate_per_minute", "admitted", b"admitted", "completed", b"completed", "denied", b"denied", "expired", b"expired", "left", b"left", "oldest_wait", b"oldest_wait", "state_lost_at", b"state_lost_at", "status", b"status", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -241,7 +241,10 @@ class QueueServiceServicer:
         """Returns the caller's entry; once ADMITTED it carries the handoff token.
         Caller: pk + consumer token.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND
-        (unknown queue, or the consumer has no entry in it), RESOURCE_EXHAUSTED, UNAVAILABLE.
+        (unknown queue, or the consumer has no entry in it), RESOURCE_EXHAUSTED, UNAVAILABLE
+        (with ErrorInfo reason QUEUE_STATE_LOST, message "queue state lost; re-enter": the
+        server lost the queue's live entries and this consumer has not entered since; call
+        EnterQueue again, at the back of the line).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,7 +256,9 @@ class QueueServiceServicer:
         DENIED, EXPIRED or the queue CLOSED.
         Caller: pk + consumer token.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND,
-        RESOURCE_EXHAUSTED, UNAVAILABLE (server draining: reconnect).
+        RESOURCE_EXHAUSTED, UNAVAILABLE (server draining: reconnect; or, with ErrorInfo reason
+        QUEUE_STATE_LOST, the queue's live entries were lost: EnterQueue again, as for
+        GetPosition).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -109,7 +109,10 @@ class QueueServiceStub:
     """Returns the caller's entry; once ADMITTED it carries the handoff token.
     Caller: pk + consumer token.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND
-    (unknown queue, or the consumer has no entry in it), RESOURCE_EXHAUSTED, UNAVAILABLE.
+    (unknown queue, or the consumer has no entry in it), RESOURCE_EXHAUSTED, UNAVAILABLE
+    (with ErrorInfo reason QUEUE_STATE_LOST, message "queue state lost; re-enter": the
+    server lost the queue's live entries and this consumer has not entered since; call
+    EnterQueue again, at the back of the line).
     """
     WatchPosition: _grpc.UnaryStreamMultiCallable[_queue_service_pb2.WatchPositionRequest, _queue_service_pb2.WatchPositionResponse]
     """Streams the caller's entry: now, on every material change and at least every few
@@ -117,7 +120,9 @@ class QueueServiceStub:
     DENIED, EXPIRED or the queue CLOSED.
     Caller: pk + consumer token.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND,
-    RESOURCE_EXHAUSTED, UNAVAILABLE (server draining: reconnect).
+    RESOURCE_EXHAUSTED, UNAVAILABLE (server draining: reconnect; or, with ErrorInfo reason
+    QUEUE_STATE_LOST, the queue's live entries were lost: EnterQueue again, as for
+    GetPosition).
     """
     LeaveQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.LeaveQueueRequest, _queue_service_pb2.LeaveQueueResponse]
     """Leaves the queue from QUEUED, or from ADMITTED before the handoff token is redeemed:
@@ -244,7 +249,10 @@ class QueueServiceAsyncStub(QueueServiceStub):
     """Returns the caller's entry; once ADMITTED it carries the handoff token.
     Caller: pk + consumer token.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND
-    (unknown queue, or the consumer has no entry in it), RESOURCE_EXHAUSTED, UNAVAILABLE.
+    (unknown queue, or the consumer has no entry in it), RESOURCE_EXHAUSTED, UNAVAILABLE
+    (with ErrorInfo reason QUEUE_STATE_LOST, message "queue state lost; re-enter": the
+    server lost the queue's live entries and this consumer has not entered since; call
+    EnterQueue again, at the back of the line).
     """
     WatchPosition: _aio.UnaryStreamMultiCallable[_queue_service_pb2.WatchPositionRequest, _queue_service_pb2.WatchPositionResponse]  # type: ignore[assignment]
     """Streams the caller's entry: now, on every material change and at least every few
@@ -252,7 +260,9 @@ class QueueServiceAsyncStub(QueueServiceStub):
     DENIED, EXPIRED or the queue CLOSED.
     Caller: pk + consumer token.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND,
-    RESOURCE_EXHAUSTED, UNAVAILABLE (server draining: reconnect).
+    RESOURCE_EXHAUSTED, UNAVAILABLE (server draining: reconnect; or, with ErrorInfo reason
+    QUEUE_STATE_LOST, the queue's live entries were lost: EnterQueue again, as for
+    GetPosition).
     """
     LeaveQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.LeaveQueueRequest, _queue_service_pb2.LeaveQueueResponse]  # type: ignore[assignment]
     """Leaves the queue from QUEUED, or from ADMITTED before the handoff token is redeemed:
@@ -436,7 +446,10 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns the caller's entry; once ADMITTED it carries the handoff token.
         Caller: pk + consumer token.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND
-        (unknown queue, or the consumer has no entry in it), RESOURCE_EXHAUSTED, UNAVAILABLE.
+        (unknown queue, or the consumer has no entry in it), RESOURCE_EXHAUSTED, UNAVAILABLE
+        (with ErrorInfo reason QUEUE_STATE_LOST, message "queue state lost; re-enter": the
+        server lost the queue's live entries and this consumer has not entered since; call
+        EnterQueue again, at the back of the line).
         """
 
     @_abc_1.abstractmethod
@@ -450,7 +463,9 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         DENIED, EXPIRED or the queue CLOSED.
         Caller: pk + consumer token.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a pk), INVALID_ARGUMENT, NOT_FOUND,
-        RESOURCE_EXHAUSTED, UNAVAILABLE (server draining: reconnect).
+        RESOURCE_EXHAUSTED, UNAVAILABLE (server draining: reconnect; or, with ErrorInfo reason
+        QUEUE_STATE_LOST, the queue's live entries were lost: EnterQueue again, as for
+        GetPosition).
         """
 
     @_abc_1.abstractmethod
