@@ -151,6 +151,8 @@ class Application:
     queue_entries: QueueEntries
     position_feed: PositionFeed
     queue_worker: QueueWorker
+    # Set by the start checks, logged by log_startup_warnings once all of them passed.
+    startup_warnings: list[tuple[str, dict[str, str]]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def build(
@@ -365,6 +367,13 @@ class Application:
         except (OperationalError, OSError, TimeoutError) as error:
             raise self.database.unreachable(error) from error
 
+    def log_startup_warnings(self) -> None:
+        """Log what the start checks let through (overrides): once every check passed,
+        so that a warning never precedes a refusal line."""
+        for message, fields in self.startup_warnings:
+            self.logger.warning(message, extra=fields)
+        self.startup_warnings.clear()
+
     async def check_cache(self) -> None:
         """Refuse to start without the shared cache, or with one that may evict keys or
         keeps nothing across a restart.
@@ -401,9 +410,11 @@ class Application:
             CacheMayEvict: ``FANFARE_REDIS_ALLOW_EVICTION`` is not set.
         """
         if self.settings.redis_allow_eviction:
-            self.logger.warning(
-                "Redis may evict keys (FANFARE_REDIS_ALLOW_EVICTION is set)",
-                extra={"redis": location, "maxmemory_policy": policy or "unknown"},
+            self.startup_warnings.append(
+                (
+                    "Redis may evict keys (FANFARE_REDIS_ALLOW_EVICTION is set)",
+                    {"redis": location, "maxmemory_policy": policy or "unknown"},
+                )
             )
             return
         if policy is None:
@@ -432,13 +443,17 @@ class Application:
         if persistent:
             return
         if self.settings.redis_ephemeral_ok:
-            self.logger.warning(
-                "Redis does not persist its data (FANFARE_REDIS_EPHEMERAL_OK is set): "
-                "a restart loses every queue's entries",
-                extra={
-                    "redis": location,
-                    "persistence": "unknown" if persistent is None else "none",
-                },
+            self.startup_warnings.append(
+                (
+                    (
+                        "Redis does not persist its data (FANFARE_REDIS_EPHEMERAL_OK is "
+                        "set): a restart loses every queue's entries"
+                    ),
+                    {
+                        "redis": location,
+                        "persistence": "unknown" if persistent is None else "none",
+                    },
+                )
             )
             return
         if persistent is None:

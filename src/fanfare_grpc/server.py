@@ -135,6 +135,7 @@ async def start_server(
     await application.check_cache()
     await application.check_schema()
     await application.check_master_keys()
+    application.log_startup_warnings()
 
     server = aio.server(
         interceptors=build_interceptor_chain(application), options=server_options(settings)
@@ -266,6 +267,7 @@ async def run_worker_process(settings: Settings) -> None:
         await application.check_cache()
         await application.check_schema()
         await application.check_master_keys()
+        application.log_startup_warnings()
         worker = Worker(
             background_jobs(application.queue_worker),
             application.logger,
